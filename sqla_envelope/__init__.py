@@ -1,0 +1,47 @@
+"""Row-level envelope encryption for SQLAlchemy: a data key per value, master keys in a keyring."""
+
+from .context import EncryptionContext as EncryptionContext
+from .encryptor import Encryptor as Encryptor
+from .encryptor import configure as configure
+from .encryptor import get_default_encryptor as get_default_encryptor
+from .envelope import Envelope as Envelope
+from .envelope import WrappedKey as WrappedKey
+from .envelope import unpack as unpack_envelope
+from .errors import ConfigurationError as ConfigurationError
+from .errors import DecryptionError as DecryptionError
+from .errors import EnvelopeError as EnvelopeError
+from .errors import InvalidValueError as InvalidValueError
+from .errors import KeyringError as KeyringError
+from .errors import MalformedEnvelopeError as MalformedEnvelopeError
+from .errors import UnsupportedComparisonError as UnsupportedComparisonError
+from .keyrings import DataKey as DataKey
+from .keyrings import Keyring as Keyring
+from .keyrings import KmsKeyring as KmsKeyring
+from .keyrings import LocalKeyring as LocalKeyring
+from .rotation import rewrap as rewrap
+from .types import EncryptedType as EncryptedType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "DataKey",
+    "DecryptionError",
+    "EncryptedType",
+    "EncryptionContext",
+    "Encryptor",
+    "Envelope",
+    "EnvelopeError",
+    "InvalidValueError",
+    "Keyring",
+    "KeyringError",
+    "KmsKeyring",
+    "LocalKeyring",
+    "MalformedEnvelopeError",
+    "UnsupportedComparisonError",
+    "WrappedKey",
+    "configure",
+    "get_default_encryptor",
+    "rewrap",
+    "unpack_envelope",
+]

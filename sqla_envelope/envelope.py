@@ -1,0 +1,154 @@
+"""The versioned envelope byte format (v1): pack and unpack, no crypto, no I/O.
+
+Layout, byte by byte (docs/format.md is the specification)::
+
+    version        1 byte   0x01
+    key_count      1 byte   n, 1..255 wrapped copies of the one data key
+    n times:
+      ref_len      1 byte   r, 1..255
+      key_ref      r bytes  ASCII key reference (a local key id, a KMS key ARN)
+      wrapped_len  2 bytes  w, big-endian, 1..65535
+      wrapped      w bytes  the data key wrapped by the keyring named by key_ref
+    nonce          12 bytes AES-GCM nonce
+    ciphertext     c bytes  same length as the encoded plaintext
+    tag            16 bytes AES-GCM tag
+
+The version and the first key reference sit at fixed offsets (0 and 3), so plain
+SQL can find the rows under a given key without any key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from .errors import MalformedEnvelopeError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "NONCE_SIZE",
+    "TAG_SIZE",
+    "Envelope",
+    "WrappedKey",
+    "envelope_size",
+    "pack",
+    "unpack",
+]
+
+FORMAT_VERSION = 1
+NONCE_SIZE = 12
+TAG_SIZE = 16
+_MAX_KEYS = 255
+_MAX_REF = 255
+_MAX_WRAPPED = 0xFFFF
+# version + count + one key (ref_len, 1-byte ref, wrapped_len, 1-byte wrapped) + nonce + tag
+MIN_ENVELOPE_SIZE = 1 + 1 + (1 + 1 + 2 + 1) + NONCE_SIZE + TAG_SIZE
+
+
+class WrappedKey(NamedTuple):
+    """A data key wrapped by one master key, with the reference that names that key."""
+
+    key_ref: str
+    blob: bytes
+
+    def __repr__(self) -> str:
+        # The blob is ciphertext of key material: show only its size.
+        return f"WrappedKey(key_ref={self.key_ref!r}, blob=<{len(self.blob)} bytes>)"
+
+
+class Envelope(NamedTuple):
+    """One parsed envelope. ``sealed`` is the AES-GCM ciphertext followed by its tag."""
+
+    version: int
+    wrapped_keys: tuple[WrappedKey, ...]
+    nonce: bytes
+    sealed: bytes
+
+    @property
+    def plaintext_size(self) -> int:
+        return len(self.sealed) - TAG_SIZE
+
+    def __repr__(self) -> str:
+        refs = [key.key_ref for key in self.wrapped_keys]
+        return (
+            f"Envelope(version={self.version}, key_refs={refs!r}, "
+            f"plaintext_size={self.plaintext_size})"
+        )
+
+
+def _malformed(reason: str) -> MalformedEnvelopeError:
+    return MalformedEnvelopeError(f"not a sqla-envelope value: {reason}")
+
+
+def pack(wrapped_keys: Sequence[WrappedKey], nonce: bytes, sealed: bytes) -> bytes:
+    """Serialize an envelope; raises ValueError on fields the format cannot hold."""
+    if not 1 <= len(wrapped_keys) <= _MAX_KEYS:
+        raise ValueError(f"an envelope holds 1 to {_MAX_KEYS} wrapped keys")
+    if len(nonce) != NONCE_SIZE or len(sealed) < TAG_SIZE:
+        raise ValueError("bad nonce or ciphertext size")
+    parts = [bytes((FORMAT_VERSION, len(wrapped_keys)))]
+    for key_ref, blob in wrapped_keys:
+        ref = key_ref.encode("ascii")
+        if not 1 <= len(ref) <= _MAX_REF or not 1 <= len(blob) <= _MAX_WRAPPED:
+            raise ValueError("key reference or wrapped key of unsupported size")
+        parts.append(bytes((len(ref),)) + ref + len(blob).to_bytes(2, "big") + blob)
+    parts.append(nonce)
+    parts.append(sealed)
+    return b"".join(parts)
+
+
+def unpack(data: bytes) -> Envelope:
+    """Parse an envelope, checking the version first and every length before slicing.
+
+    Raises MalformedEnvelopeError for anything that is not a complete v1 envelope.
+    """
+    size = len(data)
+    if size == 0:
+        raise _malformed("empty value")
+    version = data[0]
+    if version != FORMAT_VERSION:
+        raise _malformed(f"unknown format version {version}")
+    if size < MIN_ENVELOPE_SIZE:
+        raise _malformed("truncated")
+    count = data[1]
+    if count == 0:
+        raise _malformed("no wrapped data key")
+    pos = 2
+    keys = []
+    for _ in range(count):
+        if pos + 1 > size:
+            raise _malformed("truncated")
+        ref_len = data[pos]
+        pos += 1
+        if ref_len == 0 or pos + ref_len + 2 > size:
+            raise _malformed("truncated key reference")
+        ref = data[pos : pos + ref_len]
+        pos += ref_len
+        wrapped_len = int.from_bytes(data[pos : pos + 2], "big")
+        pos += 2
+        if wrapped_len == 0 or pos + wrapped_len > size:
+            raise _malformed("truncated wrapped key")
+        try:
+            key_ref = ref.decode("ascii")
+        except UnicodeDecodeError:
+            raise _malformed("key reference is not ASCII") from None
+        keys.append(WrappedKey(key_ref, bytes(data[pos : pos + wrapped_len])))
+        pos += wrapped_len
+    if size - pos < NONCE_SIZE + TAG_SIZE:
+        raise _malformed("truncated ciphertext")
+    return Envelope(
+        version,
+        tuple(keys),
+        bytes(data[pos : pos + NONCE_SIZE]),
+        bytes(data[pos + NONCE_SIZE :]),
+    )
+
+
+def envelope_size(plaintext_size: int, wrapped_keys: Sequence[tuple[int, int]]) -> int:
+    """Exact stored size for a plaintext of ``plaintext_size`` bytes.
+
+    ``wrapped_keys`` lists ``(len(key_ref), len(wrapped))`` per copy; a LocalKeyring
+    wraps in 48 bytes, so one local key adds ``81 + len(key_id)`` bytes.
+    """
+    header = 2 + sum(1 + ref + 2 + wrapped for ref, wrapped in wrapped_keys)
+    return header + NONCE_SIZE + plaintext_size + TAG_SIZE

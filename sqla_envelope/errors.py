@@ -1,0 +1,90 @@
+"""The exceptions sqla-envelope raises, all under one root.
+
+::
+
+    EnvelopeError
+     ├── ConfigurationError        the library is used in a way that cannot work
+     ├── KeyringError              the key service could not do its job
+     ├── InvalidValueError         a value does not fit the column's logical type
+     ├── UnsupportedComparisonError  SQL comparison against a randomized ciphertext
+     └── DecryptionError           a stored value cannot be decrypted
+          └── MalformedEnvelopeError  the bytes are not an envelope we know
+
+No message ever holds plaintext or key material: they name tables, columns, key
+references and Python types, never values.
+"""
+
+from __future__ import annotations
+
+# SQLAlchemy wraps any exception raised while it processes parameters in a
+# StatementError whose message quotes the statement's *parameters*, which are the
+# plaintext values. DontWrapMixin keeps our errors unwrapped, so callers can catch
+# them by type and nothing sensitive is formatted into the message.
+from sqlalchemy.exc import DontWrapMixin
+
+__all__ = [
+    "ConfigurationError",
+    "DecryptionError",
+    "EnvelopeError",
+    "InvalidValueError",
+    "KeyringError",
+    "MalformedEnvelopeError",
+    "UnsupportedComparisonError",
+]
+
+
+class EnvelopeError(DontWrapMixin, Exception):
+    """Root of every error raised by sqla-envelope; catch it to catch them all."""
+
+
+class ConfigurationError(EnvelopeError):
+    """Raised when the library is set up in a way that cannot work.
+
+    No encryptor configured for a column, a key file readable by other users, a
+    master key of the wrong length, an unsupported logical type. Nothing is stored
+    when it is raised.
+    """
+
+
+class KeyringError(EnvelopeError):
+    """Raised when a keyring cannot wrap or unwrap (service down, throttled, denied).
+
+    The message names the key; the underlying error is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, key_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
+class InvalidValueError(EnvelopeError, ValueError):
+    """Raised when a value cannot be encoded as the column's logical type.
+
+    A ``str`` for an Integer column, an integer outside BigInteger's range. The
+    message names the expected and received Python types, never the value.
+    """
+
+
+class UnsupportedComparisonError(EnvelopeError, TypeError):
+    """Raised when SQL would compare an encrypted column with a value.
+
+    Every value is encrypted under its own random key and nonce, so a ciphertext
+    never equals another: ``WHERE ssn = 'x'`` would silently match nothing.
+    ``IS NULL`` / ``IS NOT NULL`` remain allowed.
+    """
+
+
+class DecryptionError(EnvelopeError):
+    """Raised when a stored value cannot be decrypted.
+
+    It was tampered with, it is read under a context other than the one it was
+    written with (copied to another column or table), or no key in the keyring can
+    unwrap its data key. Deliberately opaque about which check failed.
+    """
+
+
+class MalformedEnvelopeError(DecryptionError):
+    """Raised when bytes are not an envelope of a format version this library knows.
+
+    Truncated, garbage, or written by a newer version of the library.
+    """

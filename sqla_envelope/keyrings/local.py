@@ -1,0 +1,190 @@
+"""LocalKeyring: master keys held by the process, for development, tests and on-premises."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..aead import DATA_KEY_SIZE, MASTER_KEY_SIZE, LocalKeyWrapper, random_bytes
+from ..context import EncryptionContext
+from ..envelope import WrappedKey
+from ..errors import ConfigurationError, DecryptionError
+from .base import DataKey
+
+__all__ = ["KEY_FILE_FORMAT", "LocalKeyring"]
+
+KEY_FILE_FORMAT = "sqla-envelope-keyring"
+_KEY_FILE_VERSION = 1
+# Printable ASCII without spaces or quotes, so a key id can sit in a SQL literal
+# and in the envelope's ASCII key reference.
+_KEY_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,255}")
+
+
+def _check_key_id(key_id: object) -> str:
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        raise ConfigurationError(
+            "a key id must be 1 to 255 characters from A-Z a-z 0-9 . _ : / + = @ -"
+        )
+    return key_id
+
+
+class LocalKeyring:
+    """Master keys in this process; new data keys are wrapped under ``primary``.
+
+    Every key in ``keys`` can unwrap, so rotating is: add a new key, make it the
+    primary, ``rewrap`` the table, then drop the old key. Raises
+    ``ConfigurationError`` for a key that is not 32 bytes or an unknown primary.
+    """
+
+    def __init__(self, keys: Mapping[str, bytes], primary: str | None = None) -> None:
+        if not keys:
+            raise ConfigurationError("a LocalKeyring needs at least one master key")
+        checked: dict[str, bytes] = {}
+        for key_id, key in keys.items():
+            _check_key_id(key_id)
+            if not isinstance(key, (bytes, bytearray)) or len(key) != MASTER_KEY_SIZE:
+                raise ConfigurationError(
+                    f"master key {key_id!r} must be exactly {MASTER_KEY_SIZE} bytes"
+                )
+            checked[key_id] = bytes(key)
+        if primary is None:
+            if len(checked) != 1:
+                raise ConfigurationError("name the primary key when a keyring holds several")
+            primary = next(iter(checked))
+        if primary not in checked:
+            raise ConfigurationError(f"primary key {primary!r} is not in the keyring")
+        self._keys = checked
+        self._wrappers = {key_id: LocalKeyWrapper(key) for key_id, key in checked.items()}
+        self.primary = primary
+        self._primary_wrapper = self._wrappers[primary]
+
+    @classmethod
+    def generate(cls, key_id: str | None = None) -> LocalKeyring:
+        """A keyring with one fresh random 256-bit master key.
+
+        The default key id is 8 random hex digits: short, because every envelope
+        stores it (81 + len(key_id) bytes of overhead per value).
+        """
+        key_id = _check_key_id(key_id) if key_id is not None else random_bytes(4).hex()
+        return cls({key_id: random_bytes(MASTER_KEY_SIZE)})
+
+    def with_new_primary(self, key_id: str | None = None) -> LocalKeyring:
+        """A copy of this keyring with a fresh primary key; the old keys still unwrap."""
+        fresh = LocalKeyring.generate(key_id)
+        if fresh.primary in self._keys:
+            raise ConfigurationError(f"key id {fresh.primary!r} is already in the keyring")
+        return LocalKeyring({**self._keys, **fresh._keys}, primary=fresh.primary)
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(self._keys)
+
+    def __repr__(self) -> str:
+        # protect key: ids only
+        return f"LocalKeyring(key_ids={list(self._keys)!r}, primary={self.primary!r})"
+
+    # -- the Keyring protocol --------------------------------------------------
+
+    def generate_data_key(self, context: EncryptionContext) -> DataKey:
+        data_key = random_bytes(DATA_KEY_SIZE)
+        return DataKey(data_key, self.wrap_data_key(data_key, context))
+
+    def wrap_data_key(self, data_key: bytes, context: EncryptionContext) -> tuple[WrappedKey, ...]:
+        return (WrappedKey(self.primary, self._primary_wrapper.wrap(data_key, context.canonical)),)
+
+    def unwrap_data_key(
+        self, wrapped_keys: Sequence[WrappedKey], context: EncryptionContext
+    ) -> bytes:
+        for key_ref, blob in wrapped_keys:
+            wrapper = self._wrappers.get(key_ref)
+            if wrapper is not None:
+                return wrapper.unwrap(blob, context.canonical)
+        refs = [key.key_ref for key in wrapped_keys]
+        raise DecryptionError(
+            f"no key in this keyring can unwrap the data key: the value is under {refs!r}, "
+            f"the keyring holds {list(self._keys)!r}"
+        )
+
+    def is_primary(self, wrapped_key: WrappedKey) -> bool:
+        return wrapped_key.key_ref == self.primary
+
+    # -- key files ---------------------------------------------------------------
+
+    def to_file(self, path: str | os.PathLike[str]) -> None:
+        """Write the keyring as a JSON key file readable by its owner only (mode 0600).
+
+        Written to a temporary file in the same folder and renamed into place, so a
+        crash never leaves a half-written key file.
+        """
+        document = {
+            "format": KEY_FILE_FORMAT,
+            "version": _KEY_FILE_VERSION,
+            "primary": self.primary,
+            "keys": {
+                key_id: base64.b64encode(key).decode("ascii") for key_id, key in self._keys.items()
+            },
+        }
+        target = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=".sqla-envelope-", dir=target.parent or ".")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(document, handle, indent=2)
+                handle.write("\n")
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> LocalKeyring:
+        """Load a key file written by ``to_file`` (format in docs/keyrings.md).
+
+        Raises ``ConfigurationError`` if the file can be read by group or others
+        (on POSIX), or is not a valid key file; the message never quotes key bytes.
+        """
+        target = Path(path)
+        try:
+            mode = target.stat().st_mode
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read key file {str(target)!r}: {exc.strerror}"
+            ) from None
+        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigurationError(
+                f"key file {str(target)!r} is accessible by group or others "
+                f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {target}"
+            )
+        try:
+            document = json.loads(target.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise ConfigurationError(f"key file {str(target)!r} is not valid JSON") from None
+        return cls._from_document(document, str(target))
+
+    @classmethod
+    def _from_document(cls, document: object, where: str) -> LocalKeyring:
+        if (
+            not isinstance(document, dict)
+            or document.get("format") != KEY_FILE_FORMAT
+            or document.get("version") != _KEY_FILE_VERSION
+            or not isinstance(document.get("keys"), dict)
+        ):
+            raise ConfigurationError(
+                f"{where!r} is not a {KEY_FILE_FORMAT} file of version {_KEY_FILE_VERSION}"
+            )
+        keys: dict[str, bytes] = {}
+        for key_id, encoded in document["keys"].items():
+            try:
+                keys[key_id] = base64.b64decode(encoded, validate=True)
+            except (TypeError, binascii.Error):
+                raise ConfigurationError(
+                    f"key {key_id!r} in {where!r} is not valid base64"
+                ) from None
+        return cls(keys, primary=document.get("primary"))

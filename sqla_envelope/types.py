@@ -1,0 +1,256 @@
+"""EncryptedType: a SQLAlchemy column type that stores each value in its own envelope."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from sqlalchemy import Column, Dialect, LargeBinary, String, Text
+from sqlalchemy.dialects import mysql
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.type_api import TypeDecorator, TypeEngine
+from sqlalchemy.types import to_instance
+
+from .codecs import codec_for
+from .context import EncryptionContext
+from .encryptor import Encryptor, get_default_encryptor
+from .errors import (
+    ConfigurationError,
+    DecryptionError,
+    MalformedEnvelopeError,
+    UnsupportedComparisonError,
+)
+
+__all__ = ["EncryptedType"]
+
+Storage = Literal["binary", "base64"]
+
+# Operators that never compare a stored ciphertext with anything.
+_ALLOWED_OPERATORS = frozenset(
+    {
+        operators.is_,
+        operators.is_not,
+        operators.asc_op,
+        operators.desc_op,
+        operators.nulls_first_op,
+        operators.nulls_last_op,
+        operators.distinct_op,
+    }
+)
+_NULL_COMPARISONS = frozenset({operators.eq, operators.ne})
+# Logical types whose encoding is small and bounded: a 64 KiB BLOB holds them on MySQL.
+_SMALL_STRING = 8_000
+
+
+class EncryptedType(TypeDecorator[Any]):
+    """A column whose every non-NULL value is encrypted under its own data key.
+
+    ``impl_type`` is the logical type the application sees (String, Integer,
+    JSON, ...). The value is bound to its table and column as authenticated
+    context, ``{"table": ..., "column": ...}``, unless ``context=`` gives a stable
+    label of your own (so renames need no re-encryption). ``encryptor=None`` uses
+    the default set by ``configure()``, looked up when a value is first encrypted
+    or decrypted. ``storage="base64"`` keeps envelopes as text for schemas that
+    cannot hold binary.
+
+    Comparing the column with a value in SQL raises UnsupportedComparisonError:
+    randomized ciphertexts never match.
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def __init__(
+        self,
+        impl_type: TypeEngine[Any] | type[TypeEngine[Any]] = String,
+        encryptor: Encryptor | None = None,
+        *,
+        context: Mapping[str, str] | None = None,
+        storage: Storage = "binary",
+    ) -> None:
+        super().__init__()
+        logical = to_instance(impl_type)
+        if isinstance(logical, EncryptedType):
+            raise ConfigurationError("EncryptedType cannot wrap another EncryptedType")
+        if encryptor is not None and not isinstance(encryptor, Encryptor):
+            raise ConfigurationError("encryptor= takes an Encryptor or None")
+        if storage not in ("binary", "base64"):
+            raise ConfigurationError("storage= is 'binary' or 'base64'")
+        self._codec = codec_for(logical)
+        self.impl_type = logical
+        self.encryptor = encryptor
+        self.context = EncryptionContext(context) if context is not None else None
+        self.storage = storage
+        if storage == "base64":
+            self.impl = self.impl_instance = Text()  # type: ignore[assignment]
+        self._column: Column[Any] | None = None
+
+    # -- where the value lives: its default context ---------------------------------
+
+    def _set_parent(self, parent: Any, outer: bool = False, **kw: Any) -> None:
+        """Called by SQLAlchemy when a Column takes this type; remembers the column."""
+        super()._set_parent(parent, outer=outer, **kw)
+        if not isinstance(parent, Column):
+            return
+        if self._column is None or self._column is parent:
+            self._column = parent
+            return
+        # The same instance was handed to a second column (a type_annotation_map
+        # entry, a copied mixin column): give that column a copy of its own, or the
+        # two columns would share one context and values could move between them.
+        own = self.copy()
+        own._column = parent
+        parent.type = own
+
+    def encryption_context(self) -> EncryptionContext:
+        """The context values of this column are bound to.
+
+        Raises ConfigurationError when the type is not attached to a table column
+        and no ``context=`` was given: encrypting without a binding would fail open.
+        """
+        if self.context is not None:
+            return self.context
+        column = self._column
+        table = getattr(column, "table", None) if column is not None else None
+        if column is None or table is None or not hasattr(table, "fullname"):
+            raise ConfigurationError(
+                "EncryptedType is not attached to a table column; pass context= to bind "
+                "its values to a label of your own"
+            )
+        return EncryptionContext({"table": table.fullname, "column": column.name})
+
+    def _label(self) -> str:
+        column = self._column
+        if column is not None and getattr(column, "table", None) is not None:
+            return f"{column.table.fullname}.{column.name}"
+        return "encrypted value"
+
+    def _encryptor(self) -> Encryptor:
+        return self.encryptor if self.encryptor is not None else get_default_encryptor()
+
+    # -- storage --------------------------------------------------------------------
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            # MySQL's BLOB/TEXT stop at 64 KiB; only small bounded types fit there.
+            fixed = self._codec.fixed_size is not None
+            length = getattr(self.impl_type, "length", None)
+            small = fixed or (length is not None and length <= _SMALL_STRING)
+            if self.storage == "base64":
+                return dialect.type_descriptor(mysql.TEXT() if small else mysql.LONGTEXT())
+            return dialect.type_descriptor(mysql.BLOB() if small else mysql.LONGBLOB())
+        return dialect.type_descriptor(self.impl_instance)
+
+    @property
+    def python_type(self) -> type[Any]:
+        return self.impl_type.python_type
+
+    # -- the per-value hot path -----------------------------------------------------
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        """Returns the function SQLAlchemy calls for each parameter at execution time.
+
+        Written as one closure (not process_bind_param) so the per-value path is a
+        codec call, one encrypt and nothing else.
+        """
+        encode = self._codec.encode
+        resolve_encryptor = self._encryptor
+        as_text = self.storage == "base64"
+        context: EncryptionContext | None = None
+
+        def process(value: Any) -> Any:
+            nonlocal context
+            if value is None:
+                return None
+            if context is None:
+                context = self.encryption_context()
+            envelope = resolve_encryptor().seal(encode(value), context)
+            return base64.b64encode(envelope).decode("ascii") if as_text else envelope
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        """Returns the function SQLAlchemy calls for each fetched value of this column."""
+        decode = self._codec.decode
+        resolve_encryptor = self._encryptor
+        as_text = self.storage == "base64"
+        context: EncryptionContext | None = None
+
+        def process(value: Any) -> Any:
+            nonlocal context
+            if value is None:
+                return None
+            if context is None:
+                context = self.encryption_context()
+            if as_text:
+                try:
+                    value = base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError, TypeError):
+                    raise MalformedEnvelopeError(
+                        f"{self._label()}: stored text is not base64"
+                    ) from None
+            elif type(value) is not bytes:
+                value = bytes(value)
+            try:
+                plaintext = resolve_encryptor().open(value, context)
+            except DecryptionError as exc:
+                raise type(exc)(f"{self._label()}: {exc}") from None
+            return decode(plaintext)
+
+        return process
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return self.bind_processor(dialect)(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return self.result_processor(dialect, None)(value)
+
+    def process_literal_param(self, value: Any, dialect: Dialect) -> str:
+        raise ConfigurationError("an encrypted value cannot be rendered as a SQL literal")
+
+    # -- SQL expressions ------------------------------------------------------------
+
+    class comparator_factory(TypeDecorator.Comparator[Any]):  # noqa: N801 - SQLAlchemy's name
+        """Refuses comparisons that can never match a randomized ciphertext."""
+
+        def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
+            _check_operator(op, other)
+            return super().operate(op, *other, **kwargs)
+
+        def reverse_operate(self, op: Any, other: Any, **kwargs: Any) -> Any:
+            _check_operator(op, (other,))
+            return super().reverse_operate(op, other, **kwargs)
+
+    # -- rendering (Alembic autogenerate, logs) -------------------------------------
+
+    def __repr__(self) -> str:
+        """An importable expression without the encryptor, for Alembic migrations."""
+        logical = self.impl_type
+        module = type(logical).__module__
+        prefix = "sa." if module.startswith("sqlalchemy.") else f"{module}."
+        args = [prefix + repr(logical)]
+        if self.context is not None:
+            args.append(f"context={self.context.as_dict()!r}")
+        if self.storage != "binary":
+            args.append(f"storage={self.storage!r}")
+        return f"EncryptedType({', '.join(args)})"
+
+
+# Alembic renders a custom type as "<its module>.<repr>"; advertising the public
+# package as the module yields sqla_envelope.EncryptedType(...) in migrations.
+EncryptedType.__module__ = "sqla_envelope"
+
+
+def _check_operator(op: Any, other: tuple[Any, ...]) -> None:
+    if op in _ALLOWED_OPERATORS:
+        return
+    if op in _NULL_COMPARISONS and len(other) == 1 and other[0] is None:
+        return
+    name = getattr(op, "__name__", str(op))
+    raise UnsupportedComparisonError(
+        f"cannot use {name} on an encrypted column: every value has its own random data "
+        "key and nonce, so the database can never match a ciphertext; compare after "
+        "loading, or keep a separate keyed hash (blind index) column for lookups"
+    )
