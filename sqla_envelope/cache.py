@@ -9,7 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["KeyCache"]
 
@@ -63,8 +63,8 @@ class KeyCache(Generic[V]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get_or_load(self, key: Hashable, load: Callable[[], V]) -> V:
-        """Return the cached value for ``key``, or call ``load`` once for all waiters.
+    def get_or_load(self, key: Hashable, load: Callable[..., V], *args: Any) -> V:
+        """Return the cached value for ``key``, or call ``load(*args)`` once for all waiters.
 
         An exception from ``load`` reaches every waiting caller and nothing is cached.
         """
@@ -90,7 +90,7 @@ class KeyCache(Generic[V]):
                 raise flight.error
             return flight.value  # type: ignore[return-value]
         try:
-            value = load()
+            value = load(*args)
         except BaseException as exc:
             flight.error = exc
             with self._lock:

@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-import threading
+import itertools
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
-from .aead import NONCE_SIZE_BYTES, DataKeyCipher, random_bytes
+from .aead import NONCE_SIZE, data_key_cipher, open_sealed, random_bytes
 from .cache import KeyCache
 from .context import EncryptionContext
-from .envelope import FORMAT_VERSION, Envelope, pack, unpack
+from .envelope import FORMAT_VERSION, header_size, pack, unpack, wrapped_keys_of
 from .errors import ConfigurationError, EnvelopeError, KeyringError
 from .keyrings.base import Keyring
 
 __all__ = ["Encryptor", "configure", "get_default_encryptor"]
 
-_VERSION_PREFIX = bytes((FORMAT_VERSION,))
+# Associated data of a v1 value: the version byte, then the canonical context.
+# Not the wrapped keys, so that rewrap can replace them without touching the
+# ciphertext: each wrapped key is authenticated by its own wrap, and a foreign
+# one yields a data key that fails this tag.
+_V1_AAD_PREFIX = bytes((FORMAT_VERSION,))
 
 
-def _payload_aad(version: int, context: EncryptionContext) -> bytes:
-    # The version byte and the canonical context; not the wrapped keys, so that
-    # rewrap can replace them without touching the ciphertext (each wrapped key
-    # is authenticated by its own wrap, and a foreign one yields a key that fails
-    # the tag below).
-    return (_VERSION_PREFIX if version == FORMAT_VERSION else bytes((version,))) + context.canonical
+def _peek(counter: itertools.count[int]) -> int:
+    """How many times next() was called on ``counter``, without advancing it."""
+    return int(repr(counter)[len("count(") : -1])
 
 
 class Encryptor:
@@ -50,10 +52,11 @@ class Encryptor:
         if cache_ttl < 0 or cache_size < 0:
             raise ConfigurationError("cache_ttl and cache_size must not be negative")
         self.keyring = keyring
-        self._cache: KeyCache[DataKeyCipher] = KeyCache(cache_size, cache_ttl, clock=clock)
-        self._counter_lock = threading.Lock()
-        self._wraps = 0
-        self._unwraps = 0
+        self._cache: KeyCache[Any] = KeyCache(cache_size, cache_ttl, clock=clock)
+        # Keyring calls, counted with itertools.count: next() is atomic under the
+        # GIL and costs a tenth of a lock on the per-value path.
+        self._wraps = itertools.count()
+        self._unwraps = itertools.count()
 
     def __repr__(self) -> str:
         return (
@@ -85,8 +88,8 @@ class Encryptor:
     def stats(self) -> dict[str, int]:
         """Keyring calls and cache effectiveness since this Encryptor was built."""
         return {
-            "wraps": self._wraps,
-            "unwraps": self._unwraps,
+            "wraps": _peek(self._wraps),
+            "unwraps": _peek(self._unwraps),
             "cache_hits": self._cache.hits,
             "cache_misses": self._cache.misses,
             "cached_keys": len(self._cache),
@@ -100,50 +103,49 @@ class Encryptor:
 
     def seal(self, plaintext: bytes, context: EncryptionContext) -> bytes:
         """``encrypt`` for a context already in canonical form (what columns use)."""
-        data_key = self._call_keyring(
-            "generate a data key", self.keyring.generate_data_key, context
-        )
-        with self._counter_lock:
-            self._wraps += 1
-        nonce = random_bytes(NONCE_SIZE_BYTES)
-        sealed = DataKeyCipher(data_key.plaintext).seal(
-            nonce, plaintext, _payload_aad(FORMAT_VERSION, context)
+        next(self._wraps)
+        try:
+            data_key = self.keyring.generate_data_key(context)
+        except EnvelopeError:
+            raise
+        except Exception as exc:
+            raise self._keyring_failure("generate a data key", exc) from exc
+        nonce = random_bytes(NONCE_SIZE)
+        sealed = data_key_cipher(data_key.plaintext).encrypt(
+            nonce, plaintext, _V1_AAD_PREFIX + context.canonical
         )
         return pack(data_key.wrapped_keys, nonce, sealed)
 
     def open(self, envelope: bytes, context: EncryptionContext) -> bytes:
         """``decrypt`` for a context already in canonical form (what columns use)."""
-        parsed = unpack(envelope)
-        cipher = self.cipher_for(parsed, context)
-        return cipher.open(parsed.nonce, parsed.sealed, _payload_aad(parsed.version, context))
+        end = header_size(envelope) or unpack(envelope).header_size
+        # Keyed by the whole wrapped-key section, key references included: a
+        # changed byte there misses the cache and goes back to the keyring.
+        cipher = self._cache.get_or_load(envelope[1:end], self._unwrap, envelope, end, context)
+        return open_sealed(
+            cipher,
+            envelope[end : end + NONCE_SIZE],
+            envelope[end + NONCE_SIZE :],
+            _V1_AAD_PREFIX + context.canonical,
+        )
 
-    def cipher_for(self, parsed: Envelope, context: EncryptionContext) -> DataKeyCipher:
-        """The data key cipher of an envelope, from the cache or one keyring call."""
-        wrapped_keys = parsed.wrapped_keys
-
-        def unwrap() -> DataKeyCipher:
-            data_key = self._call_keyring(
-                "unwrap a data key", self.keyring.unwrap_data_key, wrapped_keys, context
-            )
-            with self._counter_lock:
-                self._unwraps += 1
-            return DataKeyCipher(data_key)
-
-        # Keyed by every wrapped copy with its key reference: a changed byte there
-        # misses the cache and goes back to the keyring, which rejects it.
-        return self._cache.get_or_load(wrapped_keys, unwrap)
-
-    def _call_keyring(self, action: str, method: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
+    def _unwrap(self, envelope: bytes, end: int, context: EncryptionContext) -> object:
+        wrapped_keys = wrapped_keys_of(envelope, end)
+        next(self._unwraps)
         try:
-            return method(*args)
+            data_key = self.keyring.unwrap_data_key(wrapped_keys, context)
         except EnvelopeError:
             raise
         except Exception as exc:
-            # A third-party keyring that raises something of its own still fails
-            # closed, as a KeyringError that names the keyring and chains the cause.
-            raise KeyringError(
-                f"{type(self.keyring).__name__} failed to {action}: {type(exc).__name__}"
-            ) from exc
+            raise self._keyring_failure("unwrap a data key", exc) from exc
+        return data_key_cipher(data_key)
+
+    def _keyring_failure(self, action: str, exc: Exception) -> KeyringError:
+        # A third-party keyring that raises something of its own still fails
+        # closed, as a KeyringError that names the keyring and chains the cause.
+        return KeyringError(
+            f"{type(self.keyring).__name__} failed to {action}: {type(exc).__name__}"
+        )
 
 
 _default: Encryptor | None = None

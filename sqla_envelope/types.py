@@ -127,9 +127,6 @@ class EncryptedType(TypeDecorator[Any]):
             return f"{column.table.fullname}.{column.name}"
         return "encrypted value"
 
-    def _encryptor(self) -> Encryptor:
-        return self.encryptor if self.encryptor is not None else get_default_encryptor()
-
     # -- storage --------------------------------------------------------------------
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
@@ -156,7 +153,7 @@ class EncryptedType(TypeDecorator[Any]):
         codec call, one encrypt and nothing else.
         """
         encode = self._codec.encode
-        resolve_encryptor = self._encryptor
+        fixed = self.encryptor
         as_text = self.storage == "base64"
         context: EncryptionContext | None = None
 
@@ -166,7 +163,8 @@ class EncryptedType(TypeDecorator[Any]):
                 return None
             if context is None:
                 context = self.encryption_context()
-            envelope = resolve_encryptor().seal(encode(value), context)
+            encryptor = fixed if fixed is not None else get_default_encryptor()
+            envelope = encryptor.seal(encode(value), context)
             return base64.b64encode(envelope).decode("ascii") if as_text else envelope
 
         return process
@@ -174,7 +172,7 @@ class EncryptedType(TypeDecorator[Any]):
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         """Returns the function SQLAlchemy calls for each fetched value of this column."""
         decode = self._codec.decode
-        resolve_encryptor = self._encryptor
+        fixed = self.encryptor
         as_text = self.storage == "base64"
         context: EncryptionContext | None = None
 
@@ -193,8 +191,9 @@ class EncryptedType(TypeDecorator[Any]):
                     ) from None
             elif type(value) is not bytes:
                 value = bytes(value)
+            encryptor = fixed if fixed is not None else get_default_encryptor()
             try:
-                plaintext = resolve_encryptor().open(value, context)
+                plaintext = encryptor.open(value, context)
             except DecryptionError as exc:
                 raise type(exc)(f"{self._label()}: {exc}") from None
             return decode(plaintext)
