@@ -109,7 +109,7 @@ class Encryptor:
         except EnvelopeError:
             raise
         except Exception as exc:
-            raise self._keyring_failure("generate a data key", exc) from exc
+            raise self._keyring_failure("generate a data key", exc).chain(exc) from exc
         nonce = random_bytes(NONCE_SIZE)
         sealed = data_key_cipher(data_key.plaintext).encrypt(
             nonce, plaintext, _V1_AAD_PREFIX + context.canonical
@@ -137,7 +137,7 @@ class Encryptor:
         except EnvelopeError:
             raise
         except Exception as exc:
-            raise self._keyring_failure("unwrap a data key", exc) from exc
+            raise self._keyring_failure("unwrap a data key", exc).chain(exc) from exc
         return data_key_cipher(data_key)
 
     def _keyring_failure(self, action: str, exc: Exception) -> KeyringError:

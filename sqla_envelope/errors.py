@@ -20,6 +20,8 @@ from __future__ import annotations
 # StatementError whose message quotes the statement's *parameters*, which are the
 # plaintext values. DontWrapMixin keeps our errors unwrapped, so callers can catch
 # them by type and nothing sensitive is formatted into the message.
+from typing import Any
+
 from sqlalchemy.exc import DontWrapMixin
 
 __all__ = [
@@ -33,8 +35,33 @@ __all__ = [
 ]
 
 
+_CAUSE: Any = BaseException.__dict__["__cause__"]
+
+
 class EnvelopeError(DontWrapMixin, Exception):
     """Root of every error raised by sqla-envelope; catch it to catch them all."""
+
+    _first_cause: BaseException | None = None
+
+    # SQLAlchemy re-raises an unwrapped error as ``raise err from err`` when it
+    # comes out of parameter processing, which replaces the real cause (the
+    # botocore error behind a KeyringError, say) with the error itself. Errors
+    # raised with ``chain()`` keep their first cause visible as ``__cause__``.
+    @property
+    def __cause__(self) -> BaseException | None:
+        cause: BaseException | None = _CAUSE.__get__(self)
+        if cause is self or cause is None:
+            return self._first_cause
+        return cause
+
+    @__cause__.setter
+    def __cause__(self, value: BaseException | None) -> None:
+        _CAUSE.__set__(self, value)
+
+    def chain(self, cause: BaseException) -> EnvelopeError:
+        """Record ``cause`` so it survives re-raising; use as ``raise err.chain(exc) from exc``."""
+        self._first_cause = cause
+        return self
 
 
 class ConfigurationError(EnvelopeError):

@@ -69,10 +69,10 @@ class LocalKeyring:
     def generate(cls, key_id: str | None = None) -> LocalKeyring:
         """A keyring with one fresh random 256-bit master key.
 
-        The default key id is 8 random hex digits: short, because every envelope
-        stores it (81 + len(key_id) bytes of overhead per value).
+        The default key id is 6 random hex digits: short, because every envelope
+        stores it (93 + len(key_id) bytes of overhead per value, so 99 here).
         """
-        key_id = _check_key_id(key_id) if key_id is not None else random_bytes(4).hex()
+        key_id = _check_key_id(key_id) if key_id is not None else random_bytes(3).hex()
         return cls({key_id: random_bytes(MASTER_KEY_SIZE)})
 
     def with_new_primary(self, key_id: str | None = None) -> LocalKeyring:

@@ -1,0 +1,597 @@
+"""EncryptedType behaviour, the same on SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import sqla_envelope
+from sqla_envelope import (
+    ConfigurationError,
+    DecryptionError,
+    EncryptedType,
+    Encryptor,
+    InvalidValueError,
+    KeyringError,
+    LocalKeyring,
+    MalformedEnvelopeError,
+    UnsupportedComparisonError,
+)
+from sqla_envelope.envelope import unpack
+
+
+class Color(enum.Enum):
+    RED = "r"
+    GREEN = "g"
+
+
+IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
+
+# (id, logical type, a value of it)
+LOGICAL_VALUES: list[tuple[str, Any, Any]] = [
+    ("string", sa.String(50), "héllo wörld ✓"),
+    ("empty_string", sa.String, ""),
+    ("text", sa.Text, "line\n" * 500),
+    ("unicode", sa.Unicode(20), "日本語のテキスト"),
+    ("binary", sa.LargeBinary, b"\x00\xff\x01bytes\x00"),
+    ("integer", sa.Integer, -42),
+    ("biginteger_max", sa.BigInteger, 2**63 - 1),
+    ("biginteger_min", sa.BigInteger, -(2**63)),
+    ("smallinteger", sa.SmallInteger, 7),
+    ("numeric_scale", sa.Numeric(10, 2), Decimal("12345.60")),
+    ("numeric_tiny", sa.Numeric, Decimal("-0.000123")),
+    ("float", sa.Float, 3.141592653589793),
+    ("double", sa.Double, -1e-300),
+    ("boolean_true", sa.Boolean, True),
+    ("boolean_false", sa.Boolean, False),
+    ("date", sa.Date, dt.date(1987, 6, 5)),
+    ("datetime_naive", sa.DateTime, dt.datetime(2024, 2, 29, 13, 14, 15, 123456)),
+    (
+        "datetime_aware",
+        sa.DateTime(timezone=True),
+        dt.datetime(2024, 2, 29, 13, 14, 15, tzinfo=IST),
+    ),
+    ("time", sa.Time, dt.time(23, 59, 58, 999)),
+    ("interval", sa.Interval, dt.timedelta(days=-3, seconds=5, microseconds=7)),
+    ("uuid", sa.Uuid, uuid.UUID("12345678-1234-5678-1234-567812345678")),
+    ("uuid_as_str", sa.Uuid(as_uuid=False), "12345678-1234-5678-1234-567812345678"),
+    ("enum_class", sa.Enum(Color), Color.GREEN),
+    ("enum_strings", sa.Enum("small", "large", name="size"), "large"),
+    ("json_object", sa.JSON, {"a": [1, 2.5, None, True], "b": {"c": "ü"}}),
+    ("json_list", sa.JSON, [1, "two", [3]]),
+]
+
+
+def _secrets_table(
+    metadata: sa.MetaData, *columns: sa.Column[Any], name: str = "secrets"
+) -> sa.Table:
+    return sa.Table(name, metadata, sa.Column("id", sa.Integer, primary_key=True), *columns)
+
+
+def _raw(engine: sa.Engine, table: str, column: str, row_id: int = 1) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(f"SELECT {column} FROM {table} WHERE id = {row_id}")).scalar()
+
+
+def _set_raw(engine: sa.Engine, table: sa.Table, column: str, value: Any, row_id: int = 1) -> None:
+    raw = sa.table(table.name, sa.column("id"), sa.column(column, sa.LargeBinary))
+    with engine.begin() as conn:
+        conn.execute(sa.update(raw).where(raw.c.id == row_id).values({column: value}))
+
+
+@pytest.mark.parametrize(
+    ("logical", "value"),
+    [(t, v) for _, t, v in LOGICAL_VALUES],
+    ids=[i for i, _, _ in LOGICAL_VALUES],
+)
+def test_every_logical_type_round_trips_through_the_orm(
+    engine: sa.Engine, base: type[DeclarativeBase], encryptor: Encryptor, logical: Any, value: Any
+) -> None:
+    class Record(base):  # type: ignore[valid-type,misc]
+        __tablename__ = "records"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        secret: Mapped[Any] = mapped_column(EncryptedType(logical), nullable=True)
+
+    base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Record(id=1, secret=value))
+        session.commit()
+    with Session(engine) as session:
+        loaded = session.get(Record, 1)
+        assert loaded is not None
+        assert type(loaded.secret) is type(value)
+        assert loaded.secret == value
+        if isinstance(value, dt.datetime) and value.tzinfo is not None:
+            assert loaded.secret.utcoffset() == value.utcoffset()
+        if isinstance(value, Decimal):
+            assert loaded.secret.as_tuple() == value.as_tuple()
+
+
+def test_none_is_stored_as_sql_null(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    table = _secrets_table(metadata, sa.Column("ssn", EncryptedType(sa.String(11))))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=1, ssn=None))
+        assert conn.execute(sa.select(table.c.ssn)).scalar() is None
+        assert conn.execute(sa.select(sa.func.count()).where(table.c.ssn.is_(None))).scalar() == 1
+    assert _raw(engine, "secrets", "ssn") is None
+    assert encryptor.stats()["wraps"] == 0
+
+
+def test_core_insert_executemany_and_select(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    table = _secrets_table(
+        metadata,
+        sa.Column("ssn", EncryptedType(sa.String(11))),
+        sa.Column("score", EncryptedType(sa.Integer)),
+    )
+    metadata.create_all(engine)
+    rows = [{"id": i, "ssn": f"{i:03d}-00-0000", "score": i * 10} for i in range(1, 51)]
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=100, ssn="999-99-9999", score=-1))
+        conn.execute(table.insert(), rows)
+    with engine.connect() as conn:
+        got = conn.execute(
+            sa.select(table.c.id, table.c.ssn, table.c.score).order_by(table.c.id)
+        ).all()
+    assert [tuple(r) for r in got] == [(r["id"], r["ssn"], r["score"]) for r in rows] + [
+        (100, "999-99-9999", -1)
+    ]
+    assert encryptor.stats()["wraps"] == 102  # a data key per value, none shared
+
+
+def test_stored_value_is_a_versioned_envelope_not_the_plaintext(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor, keyring: LocalKeyring
+) -> None:
+    table = _secrets_table(metadata, sa.Column("ssn", EncryptedType(sa.String(11))))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            table.insert(), [{"id": 1, "ssn": "123-45-6789"}, {"id": 2, "ssn": "123-45-6789"}]
+        )
+    first, second = (
+        bytes(_raw(engine, "secrets", "ssn", 1)),
+        bytes(_raw(engine, "secrets", "ssn", 2)),
+    )
+    assert b"123-45-6789" not in first
+    assert first != second  # same plaintext, different data key and nonce
+    parsed = unpack(first)
+    assert parsed.version == 1
+    assert [k.key_ref for k in parsed.wrapped_keys] == [keyring.primary]
+    assert parsed.wrapped_keys[0].blob != unpack(second).wrapped_keys[0].blob
+    assert len(first) == 93 + len(keyring.primary) + len("123-45-6789")
+
+
+def test_storage_type_is_binary_on_every_database(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    _secrets_table(
+        metadata,
+        sa.Column("short", EncryptedType(sa.Integer)),
+        sa.Column("long", EncryptedType(sa.Text)),
+    )
+    metadata.create_all(engine)
+    columns = {c["name"]: c["type"] for c in sa.inspect(engine).get_columns("secrets")}
+    expected = {
+        "sqlite": ("BLOB", "BLOB"),
+        "postgresql": ("BYTEA", "BYTEA"),
+        "mariadb": ("BLOB", "LONGBLOB"),
+    }[engine.dialect.name]
+    assert (type(columns["short"]).__name__, type(columns["long"]).__name__) == expected
+
+
+def test_base64_storage_keeps_envelopes_as_text(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    table = _secrets_table(metadata, sa.Column("token", EncryptedType(sa.String, storage="base64")))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=1, token="tok_live_abc"))
+    raw = _raw(engine, "secrets", "token")
+    assert isinstance(raw, str) and "tok_live" not in raw
+    import base64
+
+    assert unpack(base64.b64decode(raw)).version == 1
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(table.c.token)).scalar() == "tok_live_abc"
+
+
+@pytest.mark.parametrize(
+    "logical", [sa.Text, sa.LargeBinary, sa.JSON], ids=["text", "binary", "json"]
+)
+def test_sixteen_mebibyte_values_are_stored(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor, logical: Any
+) -> None:
+    size = 16 * 1024 * 1024
+    value: Any = {
+        sa.Text: "a" * size,
+        sa.LargeBinary: bytes(range(256)) * (size // 256),
+        sa.JSON: ["x" * (size - 8)],
+    }[logical]
+    table = _secrets_table(metadata, sa.Column("blob", EncryptedType(logical)))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=1, blob=value))
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(table.c.blob)).scalar() == value
+
+
+# -- binding to table and column --------------------------------------------------------
+
+
+def test_value_copied_to_another_column_fails(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    table = _secrets_table(
+        metadata,
+        sa.Column("ssn", EncryptedType(sa.String)),
+        sa.Column("passport", EncryptedType(sa.String)),
+    )
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=1, ssn="123-45-6789", passport="X1"))
+    _set_raw(engine, table, "passport", bytes(_raw(engine, "secrets", "ssn")))
+    with engine.connect() as conn, pytest.raises(DecryptionError) as failure:
+        conn.execute(sa.select(table.c.passport)).scalar()
+    assert "secrets.passport" in str(failure.value)
+    assert "123-45-6789" not in str(failure.value)
+
+
+def test_value_copied_to_another_table_fails(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    users = _secrets_table(metadata, sa.Column("ssn", EncryptedType(sa.String)), name="users")
+    admins = _secrets_table(metadata, sa.Column("ssn", EncryptedType(sa.String)), name="admins")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(users.insert().values(id=1, ssn="123-45-6789"))
+        conn.execute(admins.insert().values(id=1, ssn="000-00-0000"))
+    _set_raw(engine, admins, "ssn", bytes(_raw(engine, "users", "ssn")))
+    with engine.connect() as conn, pytest.raises(DecryptionError):
+        conn.execute(sa.select(admins.c.ssn)).scalar()
+    encryptor.clear_cache()
+    with engine.connect() as conn, pytest.raises(DecryptionError):
+        conn.execute(sa.select(admins.c.ssn)).scalar()
+
+
+def test_context_label_survives_a_table_rename(engine: sa.Engine, encryptor: Encryptor) -> None:
+    before = sa.MetaData()
+    old = sa.Table(
+        "people_old",
+        before,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("ssn", EncryptedType(sa.String, context={"label": "person.ssn"})),
+    )
+    before.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(old.insert().values(id=1, ssn="123-45-6789"))
+            conn.execute(sa.text("ALTER TABLE people_old RENAME TO people_new"))
+        after = sa.MetaData()
+        new = sa.Table(
+            "people_new",
+            after,
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("ssn", EncryptedType(sa.String, context={"label": "person.ssn"})),
+        )
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(new.c.ssn)).scalar() == "123-45-6789"
+        default_bound = sa.Table(
+            "people_new",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("ssn", EncryptedType(sa.String)),
+        )
+        with engine.connect() as conn, pytest.raises(DecryptionError):
+            conn.execute(sa.select(default_bound.c.ssn)).scalar()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS people_new"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS people_old"))
+
+
+def test_default_context_names_schema_qualified_table_and_column() -> None:
+    md = sa.MetaData()
+    plain = sa.Table(
+        "users",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("ssn", EncryptedType()),
+    )
+    qualified = sa.Table(
+        "users",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("ssn", EncryptedType()),
+        schema="hr",
+    )
+    assert dict(plain.c.ssn.type.encryption_context()) == {"table": "users", "column": "ssn"}
+    assert dict(qualified.c.ssn.type.encryption_context()) == {"table": "hr.users", "column": "ssn"}
+
+
+def test_one_type_instance_shared_by_two_columns_binds_each_to_its_own(
+    engine: sa.Engine, encryptor: Encryptor
+) -> None:
+    shared = EncryptedType(sa.String)
+
+    class Base(DeclarativeBase):
+        type_annotation_map = {str: shared}
+
+    class Person(Base):
+        __tablename__ = "people_shared"
+        id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+        ssn: Mapped[str]
+        passport: Mapped[str]
+
+    table = Person.__table__
+    assert dict(table.c.ssn.type.encryption_context())["column"] == "ssn"
+    assert dict(table.c.passport.type.encryption_context())["column"] == "passport"
+    Base.metadata.create_all(engine)
+    try:
+        with Session(engine) as session:
+            session.add(Person(id=1, ssn="s", passport="p"))
+            session.commit()
+        with Session(engine) as session:
+            person = session.get(Person, 1)
+            assert person is not None and (person.ssn, person.passport) == ("s", "p")
+    finally:
+        Base.metadata.drop_all(engine)
+
+
+def test_mixin_columns_bind_to_each_table() -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class HasSecret:
+        secret: Mapped[str] = mapped_column(EncryptedType(sa.String))
+
+    class A(HasSecret, Base):
+        __tablename__ = "a"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class B(HasSecret, Base):
+        __tablename__ = "b"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert dict(A.__table__.c.secret.type.encryption_context())["table"] == "a"
+    assert dict(B.__table__.c.secret.type.encryption_context())["table"] == "b"
+
+
+def test_type_outside_a_table_needs_an_explicit_context(encryptor: Encryptor) -> None:
+    unbound = EncryptedType(sa.String)
+    with pytest.raises(ConfigurationError):
+        unbound.encryption_context()
+    labelled = EncryptedType(sa.String, context={"purpose": "export"})
+    processor = labelled.bind_processor(sa.create_engine("sqlite://").dialect)
+    assert unpack(processor("x")).version == 1
+
+
+# -- SQL comparisons ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        lambda c: c == "x",
+        lambda c: c != "x",
+        lambda c: c.in_(["x", "y"]),
+        lambda c: c.like("x%"),
+        lambda c: c > "a",
+        lambda c: c.startswith("x"),
+        lambda c: c.between("a", "b"),
+        lambda c: "x" == c,  # noqa: SIM300 - the reversed operand is the point
+    ],
+    ids=["eq", "ne", "in", "like", "gt", "startswith", "between", "reversed_eq"],
+)
+def test_comparing_in_sql_raises(expression: Any) -> None:
+    table = _secrets_table(sa.MetaData(), sa.Column("ssn", EncryptedType(sa.String)))
+    with pytest.raises(UnsupportedComparisonError, match="encrypted column"):
+        expression(table.c.ssn)
+
+
+def test_null_checks_and_ordering_are_allowed(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    table = _secrets_table(metadata, sa.Column("ssn", EncryptedType(sa.String)))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": 1, "ssn": "a"}, {"id": 2, "ssn": None}])
+        assert conn.execute(sa.select(table.c.id).where(table.c.ssn == None)).scalar() == 2  # noqa: E711
+        assert conn.execute(sa.select(table.c.id).where(table.c.ssn.is_not(None))).scalar() == 1
+        assert len(conn.execute(sa.select(table.c.id).order_by(table.c.ssn.desc())).all()) == 2
+
+
+# -- failing closed ---------------------------------------------------------------------------
+
+
+class _FailingKeyring(LocalKeyring):
+    def generate_data_key(self, context: Any) -> Any:
+        raise ConnectionError("key service unreachable")
+
+
+def test_keyring_failure_on_write_stores_nothing(
+    engine: sa.Engine, base: type[DeclarativeBase]
+) -> None:
+    class Account(base):  # type: ignore[valid-type,misc]
+        __tablename__ = "accounts"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(20))
+        token: Mapped[str] = mapped_column(EncryptedType(sa.String))
+
+    base.metadata.create_all(engine)
+    failing = _FailingKeyring({"k1": b"\x01" * 32})
+    sqla_envelope.configure(Encryptor(failing))
+    with Session(engine) as session:
+        session.add(Account(id=1, name="first", token="tok_secret_1"))
+        session.add(Account(id=2, name="second", token="tok_secret_2"))
+        with pytest.raises(KeyringError) as failure:
+            session.commit()
+        assert isinstance(failure.value.__cause__, ConnectionError)
+        assert "tok_secret" not in str(failure.value)
+        session.rollback()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM accounts")).scalar() == 0
+
+
+def test_no_encryptor_configured_raises_and_stores_nothing(
+    engine: sa.Engine, base: type[DeclarativeBase]
+) -> None:
+    class Account(base):  # type: ignore[valid-type,misc]
+        __tablename__ = "accounts"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        token: Mapped[str] = mapped_column(EncryptedType(sa.String))
+
+    base.metadata.create_all(engine)
+    sqla_envelope.configure(None)
+    with Session(engine) as session:
+        session.add(Account(id=1, token="tok_secret"))
+        with pytest.raises(ConfigurationError):
+            session.commit()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM accounts")).scalar() == 0
+    # Models were declared before any key existed; configuring later just works.
+    sqla_envelope.configure(Encryptor(LocalKeyring.generate()))
+    with Session(engine) as session:
+        session.add(Account(id=1, token="tok_secret"))
+        session.commit()
+        session.expire_all()
+        assert session.get(Account, 1).token == "tok_secret"  # type: ignore[union-attr]
+
+
+def test_wrong_python_type_is_refused_without_quoting_the_value(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    table = _secrets_table(metadata, sa.Column("n", EncryptedType(sa.Integer)))
+    metadata.create_all(engine)
+    with engine.connect() as conn:
+        with pytest.raises(InvalidValueError) as failure:
+            conn.execute(table.insert().values(id=1, n="4111 1111 1111 1111"))
+        assert "4111" not in str(failure.value)
+        with pytest.raises(InvalidValueError):
+            conn.execute(table.insert().values(id=1, n=2**64))
+
+
+def _stored_envelope(engine: sa.Engine, metadata: sa.MetaData) -> tuple[sa.Table, bytes]:
+    table = _secrets_table(metadata, sa.Column("ssn", EncryptedType(sa.String)))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=1, ssn="123-45-6789"))
+    return table, bytes(_raw(engine, "secrets", "ssn"))
+
+
+def _read(engine: sa.Engine, table: sa.Table) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(table.c.ssn)).scalar()
+
+
+@pytest.mark.parametrize("region", ["key_ref", "wrapped_key", "nonce", "ciphertext", "tag"])
+def test_tampered_byte_fails_to_decrypt(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor, region: str
+) -> None:
+    table, stored = _stored_envelope(engine, metadata)
+    assert _read(engine, table) == "123-45-6789"  # warms the key cache on purpose
+    ref_len = stored[2]
+    offsets = {
+        "key_ref": 3,
+        "wrapped_key": 3 + ref_len + 2 + 20,
+        "nonce": len(stored) - 16 - 11 - 5,
+        "ciphertext": len(stored) - 16 - 3,
+        "tag": len(stored) - 1,
+    }
+    tampered = bytearray(stored)
+    tampered[offsets[region]] ^= 0x01
+    _set_raw(engine, table, "ssn", bytes(tampered))
+    with pytest.raises(DecryptionError):
+        _read(engine, table)
+
+
+@pytest.mark.parametrize("keep", [0, 1, 3, 40, -17, -1])
+def test_truncated_value_is_malformed(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor, keep: int
+) -> None:
+    table, stored = _stored_envelope(engine, metadata)
+    _set_raw(engine, table, "ssn", stored[:keep])
+    with pytest.raises(DecryptionError):
+        _read(engine, table)
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"\x00garbage", b"\x02" + b"\x01" * 100, b"not an envelope at all, just text"]
+)
+def test_garbage_is_malformed(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor, garbage: bytes
+) -> None:
+    table, _ = _stored_envelope(engine, metadata)
+    _set_raw(engine, table, "ssn", garbage)
+    with pytest.raises(MalformedEnvelopeError):
+        _read(engine, table)
+
+
+def test_wrong_key_fails_to_decrypt(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    table, _ = _stored_envelope(engine, metadata)
+    sqla_envelope.configure(Encryptor(LocalKeyring.generate()))
+    with pytest.raises(DecryptionError, match="no key in this keyring"):
+        _read(engine, table)
+    same_id_other_key = LocalKeyring({encryptor.keyring.primary: b"\x07" * 32})  # type: ignore[attr-defined]
+    sqla_envelope.configure(Encryptor(same_id_other_key))
+    with pytest.raises(DecryptionError):
+        _read(engine, table)
+
+
+def test_old_keys_still_decrypt_after_a_new_primary(
+    engine: sa.Engine, metadata: sa.MetaData, keyring: LocalKeyring
+) -> None:
+    sqla_envelope.configure(Encryptor(keyring))
+    table, _ = _stored_envelope(engine, metadata)
+    rotated = keyring.with_new_primary()
+    sqla_envelope.configure(Encryptor(rotated))
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=2, ssn="new"))
+    assert (
+        unpack(bytes(_raw(engine, "secrets", "ssn", 2))).wrapped_keys[0].key_ref == rotated.primary
+    )
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(table.c.ssn).order_by(table.c.id)).scalars().all() == [
+            "123-45-6789",
+            "new",
+        ]
+
+
+def test_column_level_encryptor_wins_over_the_default(
+    engine: sa.Engine, metadata: sa.MetaData
+) -> None:
+    own = Encryptor(LocalKeyring.generate("own"))
+    sqla_envelope.configure(Encryptor(LocalKeyring.generate("default")))
+    table = _secrets_table(metadata, sa.Column("ssn", EncryptedType(sa.String, own)))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=1, ssn="x"))
+    assert unpack(bytes(_raw(engine, "secrets", "ssn"))).wrapped_keys[0].key_ref == "own"
+    sqla_envelope.configure(None)
+    assert _read(engine, table) == "x"
+
+
+def test_statement_cache_keeps_columns_apart(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    """cache_ok=True must not let one column's compiled processors serve another."""
+    first = _secrets_table(metadata, sa.Column("v", EncryptedType(sa.String)), name="first_t")
+    second = _secrets_table(metadata, sa.Column("v", EncryptedType(sa.String)), name="second_t")
+    metadata.create_all(engine)
+    for _ in range(3):  # repeated executions go through the compiled cache
+        with engine.begin() as conn:
+            conn.execute(first.insert(), [{"id": _ * 2 + 1, "v": "a"}])
+            conn.execute(second.insert(), [{"id": _ * 2 + 1, "v": "b"}])
+    for table in (first, second):
+        raw = bytes(_raw(engine, table.name, "v"))
+        assert Encryptor(encryptor.keyring).decrypt(raw, {"table": table.name, "column": "v"})
