@@ -1,0 +1,279 @@
+"""Encryptor and its key cache: contexts, stats, TTL, size, single-flight."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from sqla_envelope import (
+    ConfigurationError,
+    DecryptionError,
+    Encryptor,
+    KeyringError,
+    LocalKeyring,
+    MalformedEnvelopeError,
+    configure,
+    get_default_encryptor,
+)
+from sqla_envelope.cache import KeyCache
+from sqla_envelope.context import EncryptionContext
+from sqla_envelope.envelope import WrappedKey, unpack
+
+CTX = {"table": "users", "column": "ssn"}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingKeyring(LocalKeyring):
+    """A LocalKeyring that counts unwraps and can be slowed down or broken."""
+
+    def __init__(self, *args: Any, delay: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unwrap_calls = 0
+        self.delay = delay
+        self.fail_with: Exception | None = None
+        self._lock = threading.Lock()
+
+    def unwrap_data_key(
+        self, wrapped_keys: Sequence[WrappedKey], context: EncryptionContext
+    ) -> bytes:
+        with self._lock:
+            self.unwrap_calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_with is not None:
+            raise self.fail_with
+        return super().unwrap_data_key(wrapped_keys, context)
+
+
+def _keyring(**kwargs: Any) -> CountingKeyring:
+    return CountingKeyring({"k1": b"\x11" * 32}, **kwargs)
+
+
+def test_round_trip_with_context() -> None:
+    enc = Encryptor(LocalKeyring.generate())
+    envelope = enc.encrypt(b"4111 1111 1111 1111", CTX)
+    assert b"4111" not in envelope
+    assert enc.decrypt(envelope, CTX) == b"4111 1111 1111 1111"
+    assert enc.decrypt(enc.encrypt(b""), None) == b""
+
+
+def test_context_must_match_exactly() -> None:
+    enc = Encryptor(LocalKeyring.generate())
+    envelope = enc.encrypt(b"secret", CTX)
+    for other in ({"table": "users", "column": "email"}, {"table": "users"}, {}, {**CTX, "x": "y"}):
+        enc.clear_cache()
+        with pytest.raises(DecryptionError):
+            enc.decrypt(envelope, other)
+    # ...even when the data key is already cached from a good read
+    assert enc.decrypt(envelope, CTX) == b"secret"
+    with pytest.raises(DecryptionError):
+        enc.decrypt(envelope, {"table": "users", "column": "email"})
+
+
+def test_context_order_does_not_matter_but_encoding_is_unambiguous() -> None:
+    enc = Encryptor(LocalKeyring.generate())
+    envelope = enc.encrypt(b"v", {"b": "2", "a": "1"})
+    assert enc.decrypt(envelope, {"a": "1", "b": "2"}) == b"v"
+    assert EncryptionContext({"a": "bc"}).canonical != EncryptionContext({"ab": "c"}).canonical
+    with pytest.raises(ConfigurationError):
+        EncryptionContext({"a": 1})  # type: ignore[dict-item]
+
+
+def test_every_value_gets_its_own_data_key() -> None:
+    enc = Encryptor(LocalKeyring.generate())
+    envelopes = [enc.encrypt(b"same", CTX) for _ in range(50)]
+    assert len({unpack(e).wrapped_keys for e in envelopes}) == 50
+    assert len({unpack(e).nonce for e in envelopes}) == 50
+    assert enc.stats()["wraps"] == 50
+
+
+def test_stats_count_keyring_calls_and_cache_use() -> None:
+    keyring = _keyring()
+    enc = Encryptor(keyring)
+    envelopes = [enc.encrypt(bytes([i]), CTX) for i in range(3)]
+    for _ in range(2):
+        for envelope in envelopes:
+            enc.decrypt(envelope, CTX)
+    stats = enc.stats()
+    assert (stats["wraps"], stats["unwraps"]) == (3, 3)
+    assert (stats["cache_hits"], stats["cache_misses"]) == (3, 3)
+    assert keyring.unwrap_calls == 3
+    enc.clear_cache()
+    enc.decrypt(envelopes[0], CTX)
+    assert enc.stats()["unwraps"] == 4
+
+
+def test_cache_entries_expire_after_ttl() -> None:
+    clock = FakeClock()
+    keyring = _keyring()
+    enc = Encryptor(keyring, cache_ttl=60, clock=clock)
+    envelope = enc.encrypt(b"v", CTX)
+    enc.decrypt(envelope, CTX)
+    clock.now += 59.9
+    enc.decrypt(envelope, CTX)
+    assert keyring.unwrap_calls == 1
+    clock.now += 0.2
+    enc.decrypt(envelope, CTX)
+    assert keyring.unwrap_calls == 2
+
+
+def test_cache_is_bounded_by_size_least_recently_used_first() -> None:
+    keyring = _keyring()
+    enc = Encryptor(keyring, cache_size=2)
+    a, b, c = (enc.encrypt(x, CTX) for x in (b"a", b"b", b"c"))
+    for envelope in (a, b, a, c):  # c evicts b, the least recently used
+        enc.decrypt(envelope, CTX)
+    assert enc.stats()["cached_keys"] == 2
+    calls = keyring.unwrap_calls
+    enc.decrypt(a, CTX)
+    enc.decrypt(c, CTX)
+    assert keyring.unwrap_calls == calls
+    enc.decrypt(b, CTX)
+    assert keyring.unwrap_calls == calls + 1
+
+
+@pytest.mark.parametrize("settings", [{"cache_size": 0}, {"cache_ttl": 0}])
+def test_cache_can_be_disabled(settings: dict[str, float]) -> None:
+    keyring = _keyring()
+    enc = Encryptor(keyring, **settings)  # type: ignore[arg-type]
+    envelope = enc.encrypt(b"v", CTX)
+    for _ in range(3):
+        assert enc.decrypt(envelope, CTX) == b"v"
+    assert keyring.unwrap_calls == 3
+
+
+def test_concurrent_misses_on_one_key_make_one_keyring_call() -> None:
+    keyring = _keyring(delay=0.2)
+    enc = Encryptor(keyring)
+    envelope = enc.encrypt(b"shared", CTX)
+    start = threading.Barrier(16)
+    results: list[bytes] = []
+
+    def reader() -> None:
+        start.wait()
+        results.append(enc.decrypt(envelope, CTX))
+
+    threads = [threading.Thread(target=reader) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [b"shared"] * 16
+    assert keyring.unwrap_calls == 1
+    assert enc.stats()["unwraps"] == 1
+
+
+def test_concurrent_misses_on_different_keys_load_in_parallel() -> None:
+    keyring = _keyring(delay=0.2)
+    enc = Encryptor(keyring)
+    envelopes = [enc.encrypt(bytes([i]), CTX) for i in range(8)]
+    threads = [threading.Thread(target=enc.decrypt, args=(e, CTX)) for e in envelopes]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert time.monotonic() - began < 8 * 0.2 / 2  # not serialized behind one lock
+    assert keyring.unwrap_calls == 8
+
+
+def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
+    keyring = _keyring(delay=0.1)
+    enc = Encryptor(keyring)
+    envelope = enc.encrypt(b"v", CTX)
+    keyring.fail_with = TimeoutError("kms timed out")
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            enc.decrypt(envelope, CTX)
+        except KeyringError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 4
+    assert keyring.unwrap_calls == 1
+    assert isinstance(errors[0].__cause__, TimeoutError)
+    keyring.fail_with = None
+    assert enc.decrypt(envelope, CTX) == b"v"
+
+
+def test_only_data_key_ciphers_are_cached_never_plaintext() -> None:
+    cache: KeyCache[Any] = KeyCache(10, 60)
+    enc = Encryptor(LocalKeyring.generate())
+    enc._cache = cache
+    enc.decrypt(enc.encrypt(b"top secret value", CTX), CTX)
+    (entry,) = cache._entries.values()
+    assert type(entry[1]).__name__ == "AESGCM"
+    assert b"top secret value" not in repr(cache._entries).encode()
+
+
+def test_clear_cache_during_a_load_keeps_nothing() -> None:
+    keyring = _keyring(delay=0.2)
+    enc = Encryptor(keyring)
+    envelope = enc.encrypt(b"v", CTX)
+    reader = threading.Thread(target=enc.decrypt, args=(envelope, CTX))
+    reader.start()
+    time.sleep(0.05)
+    enc.clear_cache()
+    reader.join()
+    assert enc.stats()["cached_keys"] == 0
+
+
+def test_malformed_input_is_reported_as_such() -> None:
+    enc = Encryptor(LocalKeyring.generate())
+    with pytest.raises(MalformedEnvelopeError):
+        enc.decrypt(b"", CTX)
+    with pytest.raises(MalformedEnvelopeError):
+        enc.decrypt(b"\x09" + bytes(100), CTX)
+
+
+def test_third_party_keyring_errors_become_keyring_errors() -> None:
+    keyring = _keyring()
+    enc = Encryptor(keyring)
+    envelope = enc.encrypt(b"v", CTX)
+    keyring.fail_with = RuntimeError("boom")
+    with pytest.raises(KeyringError, match="CountingKeyring failed to unwrap") as failure:
+        enc.decrypt(envelope, CTX)
+    assert isinstance(failure.value.__cause__, RuntimeError)
+
+
+def test_construction_rejects_what_cannot_work() -> None:
+    with pytest.raises(ConfigurationError):
+        Encryptor(object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        Encryptor(LocalKeyring.generate(), cache_ttl=-1)
+
+
+def test_configure_sets_and_removes_the_default() -> None:
+    enc = Encryptor(LocalKeyring.generate())
+    configure(enc)
+    assert get_default_encryptor() is enc
+    configure(None)
+    with pytest.raises(ConfigurationError, match="no encryptor configured"):
+        get_default_encryptor()
+    with pytest.raises(ConfigurationError):
+        configure("not an encryptor")  # type: ignore[arg-type]
+
+
+def test_repr_shows_no_key_material() -> None:
+    keyring = LocalKeyring({"k1": b"\xaa" * 32})
+    enc = Encryptor(keyring)
+    for text in (repr(enc), repr(keyring), str(enc.stats())):
+        assert "aaaa" not in text.lower() and "\\xaa" not in text
+    assert "k1" in repr(enc)

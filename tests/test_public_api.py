@@ -1,0 +1,90 @@
+"""The public names of shared/API.md, pinned."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import sqla_envelope
+
+# Fixed by shared/API.md: code outside the package imports these exact names.
+API_NAMES = {
+    "ConfigurationError",
+    "DecryptionError",
+    "EncryptedType",
+    "Encryptor",
+    "EnvelopeError",
+    "Keyring",
+    "KeyringError",
+    "KmsKeyring",
+    "LocalKeyring",
+    "MalformedEnvelopeError",
+    "configure",
+    "rewrap",
+}
+
+EXPORTED = [
+    "ConfigurationError",
+    "DataKey",
+    "DecryptionError",
+    "EncryptedType",
+    "EncryptionContext",
+    "Encryptor",
+    "Envelope",
+    "EnvelopeError",
+    "InvalidValueError",
+    "Keyring",
+    "KeyringError",
+    "KmsKeyring",
+    "LocalKeyring",
+    "MalformedEnvelopeError",
+    "UnsupportedComparisonError",
+    "WrappedKey",
+    "configure",
+    "get_default_encryptor",
+    "rewrap",
+    "unpack_envelope",
+]
+
+
+def test_all_is_pinned_and_sorted() -> None:
+    assert sqla_envelope.__all__ == EXPORTED
+    assert sorted(sqla_envelope.__all__) == sqla_envelope.__all__
+
+
+def test_every_exported_name_imports() -> None:
+    for name in sqla_envelope.__all__:
+        assert getattr(sqla_envelope, name) is not None
+
+
+def test_api_contract_names_are_exported() -> None:
+    assert API_NAMES <= set(sqla_envelope.__all__)
+
+
+def test_api_contract_file_names_nothing_we_lack() -> None:
+    contract = Path(__file__).resolve().parents[2] / "shared" / "API.md"
+    if not contract.exists():  # the contract lives beside the repo, not in it
+        return
+    text = contract.read_text()
+    backticked = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)[(`]", text))
+    for name in API_NAMES:
+        assert name in backticked, f"{name} is no longer in shared/API.md"
+
+
+def test_error_tree() -> None:
+    from sqla_envelope import errors
+
+    assert issubclass(errors.MalformedEnvelopeError, errors.DecryptionError)
+    for leaf in (
+        errors.DecryptionError,
+        errors.ConfigurationError,
+        errors.KeyringError,
+        errors.InvalidValueError,
+        errors.UnsupportedComparisonError,
+    ):
+        assert issubclass(leaf, errors.EnvelopeError)
+
+
+def test_kms_keyring_builds_without_a_network_call() -> None:
+    keyring = sqla_envelope.KmsKeyring("alias/app", region_name="eu-west-1")
+    assert "alias/app" in repr(keyring)
