@@ -132,7 +132,11 @@ class LocalKeyring:
             },
         }
         target = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=".sqla-envelope-", dir=target.parent or ".")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".sqla-envelope-", dir=target.parent or ".")
+        except OSError as exc:
+            # Name the key file the caller asked for, not our temporary file.
+            raise OSError(exc.errno, exc.strerror, str(target)) from None
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
