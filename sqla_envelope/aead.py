@@ -78,7 +78,7 @@ class LocalKeyWrapper:
         self._aead = AESGCM(wrapping_key)
 
     def wrap(self, data_key: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
-        """``nonce`` is for known-answer vectors only; leave it None."""
+        """Wrap under a fresh random nonce; pass ``nonce`` only if it is fresh and random."""
         if nonce is None:
             nonce = random_bytes(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, data_key, aad)

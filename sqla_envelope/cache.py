@@ -5,15 +5,21 @@ Holds ready-to-use ciphers for unwrapped data keys, never plaintext values.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["KeyCache"]
+__all__ = ["KeyCache", "peek"]
 
 V = TypeVar("V")
+
+
+def peek(counter: itertools.count[int]) -> int:
+    """How many times next() was called on ``counter``, without advancing it."""
+    return int(repr(counter)[len("count(") : -1])
 
 
 class _Flight:
@@ -24,7 +30,7 @@ class _Flight:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.lock.acquire()
-        self.value: object = None
+        self.value: Any = None
         self.error: BaseException | None = None
 
 
@@ -32,13 +38,15 @@ class KeyCache(Generic[V]):
     """A thread-safe LRU cache whose entries expire ``ttl`` seconds after loading.
 
     Why not ``cachetools.TTLCache``: its pure-Python linked lists cost 3 to 5 µs a
-    get or set here, more than the AES work per value; an ``OrderedDict`` keeps a
-    miss-and-insert under 1.5 µs, which is what lets a cold-cache select stay
-    within sight of a plain column (docs/performance.md).
+    get or set here, more than the AES work per value. This cache is an
+    ``OrderedDict`` used only through single C-level operations (get, set,
+    move_to_end, popitem, dict.setdefault), each atomic under the GIL, so neither
+    a hit nor a miss takes a lock, and the counters are ``itertools.count``.
 
     Concurrent misses on one key are collapsed into a single load (single-flight):
-    a page of rows sharing a data key costs one keyring call, not one per thread.
-    ``clock`` is injectable so tests can move time without sleeping.
+    the first caller registers a flight with ``setdefault`` and loads; the others
+    wait on it. A page of rows sharing a data key costs one keyring call, not one
+    per thread. ``clock`` is injectable so tests can move time without sleeping.
     """
 
     def __init__(
@@ -51,66 +59,86 @@ class KeyCache(Generic[V]):
         self._clock = clock
         self._entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
         self._flights: dict[Hashable, _Flight] = {}
-        self._lock = threading.Lock()
         self._generation = 0
-        self.hits = 0
-        self.misses = 0
+        self._hits = itertools.count()
+        self._misses = itertools.count()
 
     @property
     def enabled(self) -> bool:
         return self.maxsize > 0 and self.ttl > 0
 
+    @property
+    def hits(self) -> int:
+        return peek(self._hits)
+
+    @property
+    def misses(self) -> int:
+        return peek(self._misses)
+
     def __len__(self) -> int:
         return len(self._entries)
+
+    def _fresh(self, key: Hashable) -> tuple[float, V] | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock():
+            return entry
+        return None
 
     def get_or_load(self, key: Hashable, load: Callable[..., V], *args: Any) -> V:
         """Return the cached value for ``key``, or call ``load(*args)`` once for all waiters.
 
         An exception from ``load`` reaches every waiting caller and nothing is cached.
         """
-        now = self._clock()
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                if entry[0] > now:
-                    self._entries.move_to_end(key)
-                    self.hits += 1
-                    return entry[1]
-                del self._entries[key]
-            self.misses += 1
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-            generation = self._generation
-        if not leader:
-            flight.lock.acquire()
-            flight.lock.release()
-            if flight.error is not None:
-                raise flight.error
-            return flight.value  # type: ignore[return-value]
+        entry = self._fresh(key)
+        if entry is not None:
+            # suppress() would cost more than the lookup; a KeyError means another
+            # thread evicted the entry just now, and the value is still valid.
+            try:  # noqa: SIM105
+                self._entries.move_to_end(key)
+            except KeyError:
+                pass
+            next(self._hits)
+            return entry[1]
+        next(self._misses)
+        flight = _Flight()
+        leader = self._flights.setdefault(key, flight)
+        if leader is not flight:
+            leader.lock.acquire()
+            leader.lock.release()
+            if leader.error is not None:
+                raise leader.error
+            return leader.value  # type: ignore[no-any-return]
+        return self._lead(key, flight, load, args)
+
+    def _lead(self, key: Hashable, flight: _Flight, load: Callable[..., V], args: Any) -> V:
+        generation = self._generation
         try:
-            value = load(*args)
+            # A leader that finished between our miss and our setdefault has
+            # already stored the value: use it rather than load again.
+            entry = self._fresh(key)
+            value = entry[1] if entry is not None else load(*args)
         except BaseException as exc:
             flight.error = exc
-            with self._lock:
-                del self._flights[key]
+            del self._flights[key]
             flight.lock.release()
             raise
         flight.value = value
-        with self._lock:
-            del self._flights[key]
-            # A clear() during the load means "forget everything now": keep nothing.
-            if generation == self._generation and self.maxsize > 0 and self.ttl > 0:
-                entries = self._entries
-                entries[key] = (self._clock() + self.ttl, value)
-                if len(entries) > self.maxsize:
+        # A clear() during the load means "forget everything now": keep nothing.
+        if generation == self._generation and self.maxsize > 0 and self.ttl > 0:
+            entries = self._entries
+            # Store before retiring the flight, so a caller arriving in between
+            # finds the value instead of starting a second load.
+            entries[key] = (self._clock() + self.ttl, value)
+            while len(entries) > self.maxsize:
+                try:
                     entries.popitem(last=False)
+                except KeyError:  # emptied concurrently by clear()
+                    break
+        del self._flights[key]
         flight.lock.release()
         return value
 
     def clear(self) -> None:
         """Forget every entry now; loads already in flight are not cached either."""
-        with self._lock:
-            self._entries.clear()
-            self._generation += 1
+        self._generation += 1
+        self._entries.clear()

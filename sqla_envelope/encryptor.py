@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .aead import NONCE_SIZE, data_key_cipher, open_sealed, random_bytes
-from .cache import KeyCache
+from .cache import KeyCache, peek
 from .context import EncryptionContext
 from .envelope import FORMAT_VERSION, header_size, pack, unpack, wrapped_keys_of
 from .errors import ConfigurationError, EnvelopeError, KeyringError
@@ -21,11 +21,6 @@ __all__ = ["Encryptor", "configure", "get_default_encryptor"]
 # ciphertext: each wrapped key is authenticated by its own wrap, and a foreign
 # one yields a data key that fails this tag.
 _V1_AAD_PREFIX = bytes((FORMAT_VERSION,))
-
-
-def _peek(counter: itertools.count[int]) -> int:
-    """How many times next() was called on ``counter``, without advancing it."""
-    return int(repr(counter)[len("count(") : -1])
 
 
 class Encryptor:
@@ -88,8 +83,8 @@ class Encryptor:
     def stats(self) -> dict[str, int]:
         """Keyring calls and cache effectiveness since this Encryptor was built."""
         return {
-            "wraps": _peek(self._wraps),
-            "unwraps": _peek(self._unwraps),
+            "wraps": peek(self._wraps),
+            "unwraps": peek(self._unwraps),
             "cache_hits": self._cache.hits,
             "cache_misses": self._cache.misses,
             "cached_keys": len(self._cache),

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..aead import DATA_KEY_SIZE, MASTER_KEY_SIZE, LocalKeyWrapper, random_bytes
+from ..aead import DATA_KEY_SIZE, MASTER_KEY_SIZE, NONCE_SIZE, LocalKeyWrapper, random_bytes
 from ..context import EncryptionContext
 from ..envelope import WrappedKey
 from ..errors import ConfigurationError, DecryptionError
@@ -93,8 +93,11 @@ class LocalKeyring:
     # -- the Keyring protocol --------------------------------------------------
 
     def generate_data_key(self, context: EncryptionContext) -> DataKey:
-        data_key = random_bytes(DATA_KEY_SIZE)
-        return DataKey(data_key, self.wrap_data_key(data_key, context))
+        # One call to the OS for the data key and its wrapping nonce.
+        material = random_bytes(DATA_KEY_SIZE + NONCE_SIZE)
+        data_key = material[:DATA_KEY_SIZE]
+        blob = self._primary_wrapper.wrap(data_key, context.canonical, material[DATA_KEY_SIZE:])
+        return DataKey(data_key, (WrappedKey(self.primary, blob),))
 
     def wrap_data_key(self, data_key: bytes, context: EncryptionContext) -> tuple[WrappedKey, ...]:
         return (WrappedKey(self.primary, self._primary_wrapper.wrap(data_key, context.canonical)),)
