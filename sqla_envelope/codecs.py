@@ -48,8 +48,12 @@ def _corrupt(name: str) -> DecryptionError:
 
 
 def _encode_str(value: object) -> bytes:
-    if type(value) is str or isinstance(value, str):
-        return value.encode("utf-8")
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Its message quotes the offending characters: a piece of plaintext.
+            raise InvalidValueError("str holds a lone surrogate, not encodable as UTF-8") from None
     raise _wrong_type("str", value)
 
 
@@ -178,7 +182,10 @@ def _float_codec(type_: sqltypes.TypeEngine[Any]) -> Codec:
 
     def encode(value: object) -> bytes:
         if isinstance(value, (float, int, decimal.Decimal)) and not isinstance(value, bool):
-            return pack(float(value))
+            try:
+                return pack(float(value))
+            except OverflowError:
+                raise InvalidValueError("number out of the float range") from None
         raise _wrong_type("float", value)
 
     def decode(data: bytes) -> float | decimal.Decimal:
@@ -266,7 +273,7 @@ def _uuid_codec(type_: sqltypes.TypeEngine[Any]) -> Codec:
     as_uuid = bool(type_.as_uuid)
 
     def encode(value: object) -> bytes:
-        if isinstance(value, uuid.UUID):
+        if isinstance(value, uuid.UUID):  # before str: a UUID is not a str
             return value.bytes
         if isinstance(value, str):
             try:

@@ -195,7 +195,7 @@ def envelope_size(plaintext_size: int, wrapped_keys: Sequence[tuple[int, int]]) 
     """Exact stored size for a plaintext of ``plaintext_size`` bytes.
 
     ``wrapped_keys`` lists ``(len(key_ref), len(wrapped))`` per copy; a LocalKeyring
-    wraps in 60 bytes, so one local key adds ``93 + len(key_id)`` bytes.
+    wraps in 48 bytes, so one local key adds ``81 + len(key_id)`` bytes.
     """
     header = 2 + sum(1 + ref + 2 + wrapped for ref, wrapped in wrapped_keys)
     return header + NONCE_SIZE + plaintext_size + TAG_SIZE

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..aead import DATA_KEY_SIZE, MASTER_KEY_SIZE, NONCE_SIZE, LocalKeyWrapper, random_bytes
+from ..aead import DATA_KEY_SIZE, MASTER_KEY_SIZE, LocalKeyWrapper, random_bytes
 from ..context import EncryptionContext
 from ..envelope import WrappedKey
 from ..errors import ConfigurationError, DecryptionError
@@ -69,10 +69,10 @@ class LocalKeyring:
     def generate(cls, key_id: str | None = None) -> LocalKeyring:
         """A keyring with one fresh random 256-bit master key.
 
-        The default key id is 6 random hex digits: short, because every envelope
-        stores it (93 + len(key_id) bytes of overhead per value, so 99 here).
+        The default key id is 8 random hex digits: short, because every envelope
+        stores it (81 + len(key_id) bytes of overhead per value, so 89 here).
         """
-        key_id = _check_key_id(key_id) if key_id is not None else random_bytes(3).hex()
+        key_id = _check_key_id(key_id) if key_id is not None else random_bytes(4).hex()
         return cls({key_id: random_bytes(MASTER_KEY_SIZE)})
 
     def with_new_primary(self, key_id: str | None = None) -> LocalKeyring:
@@ -93,10 +93,8 @@ class LocalKeyring:
     # -- the Keyring protocol --------------------------------------------------
 
     def generate_data_key(self, context: EncryptionContext) -> DataKey:
-        # One call to the OS for the data key and its wrapping nonce.
-        material = random_bytes(DATA_KEY_SIZE + NONCE_SIZE)
-        data_key = material[:DATA_KEY_SIZE]
-        blob = self._primary_wrapper.wrap(data_key, context.canonical, material[DATA_KEY_SIZE:])
+        data_key = random_bytes(DATA_KEY_SIZE)
+        blob = self._primary_wrapper.wrap(data_key, context.canonical)
         return DataKey(data_key, (WrappedKey(self.primary, blob),))
 
     def wrap_data_key(self, data_key: bytes, context: EncryptionContext) -> tuple[WrappedKey, ...]:
