@@ -23,7 +23,7 @@ from sqla_envelope.errors import DecryptionError, MalformedEnvelopeError
 
 NONCE = bytes(range(12))
 SEALED = b"ciphertext" + b"T" * TAG_SIZE
-BLOB = bytes(range(100, 160))  # 60 bytes, the size of a LocalKeyring wrap
+BLOB = bytes(range(100, 148))  # 48 bytes, the size of a LocalKeyring wrap (AES-SIV)
 ONE_KEY = (WrappedKey("a1b2c3", BLOB),)
 THREE_KEYS = (
     WrappedKey("a1b2c3", BLOB),
@@ -63,15 +63,15 @@ def test_pack_unpack_round_trip(keys: tuple[WrappedKey, ...]) -> None:
 
 def test_pack_layout_byte_by_byte() -> None:
     data = pack(ONE_KEY, NONCE, SEALED)
-    assert data == b"\x01\x01\x06a1b2c3\x00\x3c" + BLOB + NONCE + SEALED
-    assert len(data) == 93 + 6 + len(SEALED) - TAG_SIZE
+    assert data == b"\x01\x01\x06a1b2c3\x00\x30" + BLOB + NONCE + SEALED
+    assert len(data) == 81 + 6 + len(SEALED) - TAG_SIZE
 
 
 def test_pack_single_key_fast_path_matches_general_path() -> None:
     one = pack(ONE_KEY, NONCE, SEALED)
     two = pack((*ONE_KEY, *ONE_KEY), NONCE, SEALED)
     # The general path with the key count patched back to 1 and the copy removed.
-    group = two[2 : 2 + 1 + 6 + 2 + 60]
+    group = two[2 : 2 + 1 + 6 + 2 + 48]
     assert one == b"\x01\x01" + group + NONCE + SEALED
 
 
@@ -99,7 +99,7 @@ def test_smallest_envelope() -> None:
 @pytest.mark.parametrize("plaintext", [b"", b"x", b"123-45-6789", bytes(300)])
 def test_header_size_fast_path_equals_unpack(plaintext: bytes) -> None:
     data = real_envelope(plaintext)
-    assert header_size(data) == unpack(data).header_size == 2 + 1 + 6 + 2 + 60
+    assert header_size(data) == unpack(data).header_size == 2 + 1 + 6 + 2 + 48
     data = pack(ONE_KEY, NONCE, b"x" * 40)
     assert header_size(data) == unpack(data).header_size
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sqla_envelope import Encryptor, LocalKeyring
-from sqla_envelope.aead import LocalKeyWrapper
+from sqla_envelope.aead import LOCAL_WRAPPED_SIZE, LocalKeyWrapper
 from sqla_envelope.context import EncryptionContext
 from sqla_envelope.envelope import envelope_size, unpack
 
@@ -51,13 +51,18 @@ def canonical_by_hand(pairs: dict[str, str]) -> bytes:
 
 
 def hkdf_by_hand(master_key: bytes) -> bytes:
-    """RFC 5869 with the standard library: salt none means 32 zero bytes; one block."""
+    """RFC 5869 with the standard library: salt none means 32 zero bytes; two blocks.
+
+    T1 = HMAC(PRK, info || 01), T2 = HMAC(PRK, T1 || info || 02), output T1 || T2.
+    """
     prk = hmac.new(b"\x00" * 32, master_key, hashlib.sha256).digest()
-    return hmac.new(prk, INFO + b"\x01", hashlib.sha256).digest()
+    t1 = hmac.new(prk, INFO + b"\x01", hashlib.sha256).digest()
+    t2 = hmac.new(prk, t1 + INFO + b"\x02", hashlib.sha256).digest()
+    return t1 + t2
 
 
 def hkdf_cryptography(master_key: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=INFO).derive(master_key)
+    return HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=INFO).derive(master_key)
 
 
 def envelope_by_hand(vector: dict[str, Any]) -> bytes:
@@ -65,9 +70,8 @@ def envelope_by_hand(vector: dict[str, Any]) -> bytes:
     data_key = h(vector["data_key"])
     out = struct.pack(">BB", 1, len(vector["keys"]))
     for key in vector["keys"]:
-        wrapping_key = hkdf_cryptography(h(key["master_key"]))
-        wrap_nonce = h(key["wrap_nonce"])
-        wrapped = wrap_nonce + AESGCM(wrapping_key).encrypt(wrap_nonce, data_key, canonical)
+        siv_key = hkdf_cryptography(h(key["master_key"]))
+        wrapped = AESSIV(siv_key).encrypt(data_key, [canonical])
         ref = key["key_id"].encode("ascii")
         out += struct.pack(">B", len(ref)) + ref + struct.pack(">H", len(wrapped)) + wrapped
     nonce = h(vector["payload_nonce"])
@@ -129,13 +133,16 @@ def test_intermediate_values(vector: dict[str, Any]) -> None:
     assert len(h(vector["ciphertext"])) == len(h(vector["plaintext"]))
     for key in vector["keys"]:
         master_key = h(key["master_key"])
-        assert hkdf_by_hand(master_key).hex() == key["wrapping_key"]
-        assert hkdf_cryptography(master_key).hex() == key["wrapping_key"]
+        assert len(h(key["siv_key"])) == 64
+        assert hkdf_by_hand(master_key).hex() == key["siv_key"]
+        assert hkdf_cryptography(master_key).hex() == key["siv_key"]
         wrapped = h(key["wrapped_key"])
-        assert len(wrapped) == 60
-        assert wrapped[:12].hex() == key["wrap_nonce"]
-        unwrapped = AESGCM(h(key["wrapping_key"])).decrypt(wrapped[:12], wrapped[12:], canonical)
-        assert unwrapped == data_key
+        # The 16-byte synthetic IV, then the 32-byte encrypted data key; no nonce.
+        assert len(wrapped) == LOCAL_WRAPPED_SIZE == 48
+        assert "wrap_nonce" not in key
+        siv = AESSIV(h(key["siv_key"]))
+        assert siv.decrypt(wrapped, [canonical]) == data_key
+        assert siv.encrypt(data_key, [canonical]) == wrapped  # deterministic
 
 
 @by_name
@@ -172,7 +179,7 @@ def test_local_key_wrapper_reproduces_wrapped_key(vector: dict[str, Any]) -> Non
     canonical = h(vector["canonical_context"])
     for key in vector["keys"]:
         wrapper = LocalKeyWrapper(h(key["master_key"]))
-        wrapped = wrapper.wrap(h(vector["data_key"]), canonical, nonce=h(key["wrap_nonce"]))
+        wrapped = wrapper.wrap(h(vector["data_key"]), canonical)
         assert wrapped.hex() == key["wrapped_key"]
         assert wrapper.unwrap(wrapped, canonical).hex() == vector["data_key"]
 
@@ -186,7 +193,7 @@ def test_envelope_size_matches_documented_formula(vector: dict[str, Any]) -> Non
     wrapped = [(len(k["key_id"]), len(h(k["wrapped_key"]))) for k in vector["keys"]]
     assert size == envelope_size(plaintext_size, wrapped)
     if len(vector["keys"]) == 1:
-        assert size == 93 + len(vector["keys"][0]["key_id"]) + plaintext_size
+        assert size == 81 + len(vector["keys"][0]["key_id"]) + plaintext_size
 
 
 # -- docs/format.md states the same numbers ---------------------------------------------
@@ -199,18 +206,38 @@ def _doc() -> str:
 def test_doc_states_the_size_formulas() -> None:
     text = _doc()
     assert "2 + Σ(1 + len(key_ref) + 2 + len(wrapped)) + 12 + len(encoded plaintext) + 16" in text
-    assert "93 + len(key_id) + len(encoded plaintext)" in text
+    assert "81 + len(key_id) + len(encoded plaintext)" in text
 
 
 def test_doc_sizing_table() -> None:
-    """Every row of the column-sizing table: binary = 99 + n, base64 = 4 * ceil(binary / 3)."""
+    """Every row of the column-sizing table: binary = 89 + n, base64 = 4 * ceil(binary / 3).
+
+    89 bytes: the overhead with one local key under an 8-character key id, the length
+    ``LocalKeyring.generate()`` uses.
+    """
     table = _doc().split("<!-- sizing-table -->", 2)[1]
     rows = re.findall(r"^\|\s*([\d,]+)\s*\|\s*([\d,]+)\s*\|\s*([\d,]+)\s*\|", table, re.M)
     assert len(rows) >= 5
     for plain, binary, text in rows:
         n, stored, encoded = (int(x.replace(",", "")) for x in (plain, binary, text))
-        assert stored == envelope_size(n, [(6, 60)]) == 99 + n
+        assert stored == envelope_size(n, [(8, LOCAL_WRAPPED_SIZE)]) == 89 + n
         assert encoded == 4 * math.ceil(stored / 3)
+
+
+def test_doc_annotated_envelope() -> None:
+    """The byte-by-byte table of section 1 is the short-ascii vector, field by field."""
+    table = _doc().split("<!-- annotated-envelope -->", 2)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*`([0-9a-f ]+)`\s*\|", table, re.M)
+    assert len(rows) >= 8
+    envelope = h(next(v for v in VECTORS if v["name"] == "short-ascii")["envelope"])
+    offset = 0
+    for start, size, hex_text in rows:
+        field = h(hex_text.replace(" ", ""))
+        assert (int(start), int(size)) == (offset, len(field))
+        assert envelope[offset : offset + len(field)] == field
+        offset += len(field)
+    assert offset == len(envelope)
+    assert f"{len(envelope)} bytes in all" in _doc()
 
 
 def test_doc_worked_context_example() -> None:

@@ -1,7 +1,8 @@
 """Generate tests/vectors/envelope_v1.json, the known-answer vectors of envelope format v1.
 
-Every input (master keys, data keys, nonces) is fixed: derived from a label with
-SHA-256, so running this again writes the same file byte for byte. The steps are
+Every input (master keys, data keys, payload nonces) is fixed: derived from a label
+with SHA-256, so running this again writes the same file byte for byte. The local
+wrap (AES-SIV) is deterministic and takes no nonce. The steps are
 the ones docs/format.md specifies, done with the cryptography library directly;
 only the final serialization goes through ``sqla_envelope.envelope.pack`` and the
 context through ``sqla_envelope.context.EncryptionContext``. tests/test_vectors.py
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sqla_envelope.context import EncryptionContext
@@ -40,9 +41,9 @@ def fixed_bytes(label: str, size: int) -> bytes:
     return out[:size]
 
 
-def wrapping_key(master_key: bytes) -> bytes:
-    """HKDF-SHA256(master key, salt none, info "sqla-envelope/local-wrap/v1"), 32 bytes."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=LOCAL_WRAP_INFO).derive(
+def siv_key(master_key: bytes) -> bytes:
+    """HKDF-SHA256(master key, salt none, info "sqla-envelope/local-wrap/v1"), 64 bytes."""
+    return HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=LOCAL_WRAP_INFO).derive(
         master_key
     )
 
@@ -58,7 +59,7 @@ CASES: list[tuple[str, str, dict[str, str], bytes, list[str]]] = [
     ),
     (
         "empty-plaintext",
-        "An empty plaintext: the ciphertext is empty and the envelope is the 99-byte overhead.",
+        "An empty plaintext: the ciphertext is empty and the envelope is the 87-byte overhead.",
         {"table": "users", "column": "nickname"},
         b"",
         ["a1b2c3"],
@@ -123,15 +124,13 @@ def build(
     wrapped_keys = []
     for key_id in key_ids:
         master_key = fixed_bytes(f"master-key/{key_id}", 32)
-        derived = wrapping_key(master_key)
-        wrap_nonce = fixed_bytes(f"{name}/wrap-nonce/{key_id}", 12)
-        wrapped = wrap_nonce + AESGCM(derived).encrypt(wrap_nonce, data_key, canonical)
+        derived = siv_key(master_key)
+        wrapped = AESSIV(derived).encrypt(data_key, [canonical])
         keys.append(
             {
                 "key_id": key_id,
                 "master_key": master_key.hex(),
-                "wrapping_key": derived.hex(),
-                "wrap_nonce": wrap_nonce.hex(),
+                "siv_key": derived.hex(),
                 "wrapped_key": wrapped.hex(),
             }
         )
@@ -164,12 +163,13 @@ def render() -> str:
         "generator": "tests/vectors/generate.py",
         "notes": (
             "All byte strings are lowercase hex. Each entry of keys is one LocalKeyring "
-            "master key: wrapping_key = HKDF-SHA256(master_key, salt none, "
-            "info 'sqla-envelope/local-wrap/v1', 32 bytes); wrapped_key = wrap_nonce || "
-            "AES-256-GCM(wrapping_key, wrap_nonce, data_key, aad = canonical_context). "
-            "ciphertext || tag = AES-256-GCM(data_key, payload_nonce, plaintext, aad), "
-            "aad = 01 || canonical_context. The nonces and keys are fixed here for "
-            "reproducibility; real envelopes draw them at random."
+            "master key: siv_key = HKDF-SHA256(master_key, salt none, "
+            "info 'sqla-envelope/local-wrap/v1', 64 bytes); wrapped_key = "
+            "AES-SIV(siv_key, plaintext = data_key, associated data = [canonical_context]) "
+            "(RFC 5297, no nonce: the 16-byte synthetic IV, then the 32-byte encrypted "
+            "data key). ciphertext || tag = AES-256-GCM(data_key, payload_nonce, plaintext, "
+            "aad), aad = 01 || canonical_context. The data keys and payload nonces are "
+            "fixed here for reproducibility; real envelopes draw them at random."
         ),
         "vectors": [build(*case) for case in CASES],
     }
