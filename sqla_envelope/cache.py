@@ -84,21 +84,32 @@ class KeyCache(Generic[V]):
             return entry
         return None
 
+    def get(self, key: Hashable) -> V | None:
+        """The cached value for ``key``, or None (counted as a hit when found)."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= self._clock():
+            return None
+        # suppress() would cost more than the lookup; a KeyError means another
+        # thread evicted the entry just now, and the value is still valid.
+        try:  # noqa: SIM105
+            self._entries.move_to_end(key)
+        except KeyError:
+            pass
+        next(self._hits)
+        return entry[1]
+
     def get_or_load(self, key: Hashable, load: Callable[..., V], *args: Any) -> V:
         """Return the cached value for ``key``, or call ``load(*args)`` once for all waiters.
 
         An exception from ``load`` reaches every waiting caller and nothing is cached.
         """
-        entry = self._fresh(key)
-        if entry is not None:
-            # suppress() would cost more than the lookup; a KeyError means another
-            # thread evicted the entry just now, and the value is still valid.
-            try:  # noqa: SIM105
-                self._entries.move_to_end(key)
-            except KeyError:
-                pass
-            next(self._hits)
-            return entry[1]
+        value = self.get(key)
+        if value is not None:
+            return value
+        return self.load(key, load, *args)
+
+    def load(self, key: Hashable, load: Callable[..., V], *args: Any) -> V:
+        """The miss path of ``get_or_load``: load once, however many callers wait."""
         next(self._misses)
         flight = _Flight()
         leader = self._flights.setdefault(key, flight)

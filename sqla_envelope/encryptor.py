@@ -116,7 +116,9 @@ class Encryptor:
         end = header_size(envelope) or unpack(envelope).header_size
         # Keyed by the whole wrapped-key section, key references included: a
         # changed byte there misses the cache and goes back to the keyring.
-        cipher = self._cache.get_or_load(envelope[1:end], self._unwrap, envelope, end, context)
+        key = envelope[1:end]
+        cache = self._cache
+        cipher = cache.get(key) or cache.load(key, self._unwrap, envelope, end, context)
         return open_sealed(
             cipher,
             envelope[end : end + NONCE_SIZE],
