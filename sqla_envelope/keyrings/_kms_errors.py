@@ -14,6 +14,8 @@ NOT_FOR_THIS_KEY = frozenset({"InvalidCiphertextException", "IncorrectKeyExcepti
 def kms_failure(exc: Exception, operation: str, key_id: str) -> EnvelopeError:
     """Translate an exception from a KMS call into DecryptionError or KeyringError.
 
+    A botocore ``ClientError`` is recognized by its ``response`` (AWS's error code
+    and message), so this module never imports botocore and works with any client.
     Only AWS's error code and message are quoted (they never hold key material);
     for a client-side error only its type, since botocore's parameter validation
     messages can echo request values. The full error stays chained as the cause.
