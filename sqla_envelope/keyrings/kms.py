@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, get_args
 
-from ..aead import DATA_KEY_SIZE
+from ..aead import DATA_KEY_SIZE, LocalKeyWrapper, random_bytes
+from ..cache import KeyCache
 from ..context import EncryptionContext
 from ..envelope import WrappedKey
 from ..errors import ConfigurationError, DecryptionError, KeyringError
+from ._kms_blob import DIRECT, direct_blob, parse_blob, reuse_blob
 from ._kms_errors import kms_failure
 from .base import DataKey
 
@@ -22,6 +25,17 @@ __all__ = ["KmsKeyring"]
 
 _T = TypeVar("_T")
 RetryMode = Literal["standard", "adaptive", "legacy"]
+CostMode = Literal["direct", "bounded_reuse"]
+
+
+class _WrappingKey(NamedTuple):
+    """A KMS-generated key that wraps up to ``max_rows`` data keys locally."""
+
+    wrapper: LocalKeyWrapper
+    copies: tuple[tuple[str, bytes], ...]  # (key ARN, KMS ciphertext), primary first
+    expires: float
+
+
 _INSTALL_HINT = "KmsKeyring needs boto3: pip install 'sqla-envelope[kms]'"
 
 
@@ -89,6 +103,10 @@ class KmsKeyring:
         connect_timeout: float = 2.0,
         read_timeout: float = 5.0,
         max_pool_connections: int = 32,
+        mode: CostMode = "direct",
+        max_rows: int = 1000,
+        max_age: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if isinstance(additional_key_ids, str) or isinstance(grant_tokens, str):
             raise ConfigurationError("additional_key_ids and grant_tokens take a list, not a str")
@@ -103,6 +121,10 @@ class KmsKeyring:
             raise ConfigurationError("max_attempts must be >= 1 and the timeouts positive")
         if max_pool_connections < 1:
             raise ConfigurationError("max_pool_connections must be >= 1")
+        if mode not in get_args(CostMode):
+            raise ConfigurationError(f"mode must be one of {get_args(CostMode)}")
+        if max_rows < 1 or max_age <= 0:
+            raise ConfigurationError("max_rows must be >= 1 and max_age positive")
         client_region = client.meta.region_name if client is not None else None
         if client_region and region_name and client_region != region_name:
             raise ConfigurationError(
@@ -127,6 +149,15 @@ class KmsKeyring:
         # Configured id -> key ARN: given, or learned from KMS's answers.
         self._arns = {k: k for k in ids if _is_key_arn(k)}
         self._client_lock = threading.Lock()
+        self.mode = mode
+        self.max_rows = max_rows
+        self.max_age = float(max_age)
+        self._clock = clock
+        # bounded reuse: the current wrapping key per context, and its use count
+        self._wrapping: dict[bytes, tuple[_WrappingKey, int]] = {}
+        self._wrapping_lock = threading.Lock()
+        # bounded reuse, reading: unwrapped wrapping keys, one KMS Decrypt each
+        self._unwrapped: KeyCache[LocalKeyWrapper] = KeyCache(10_000, self.max_age, clock=clock)
 
     @property
     def key_ids(self) -> tuple[str, ...]:
@@ -138,38 +169,26 @@ class KmsKeyring:
         return (
             f"KmsKeyring(key_id={self.key_id!r}, "
             f"additional_key_ids={list(self.additional_key_ids)!r}, "
-            f"region_name={self.region_name!r})"
+            f"region_name={self.region_name!r}, mode={self.mode!r})"
         )
 
     # -- the Keyring protocol --------------------------------------------------
 
     def generate_data_key(self, context: EncryptionContext) -> DataKey:
-        kms = self._client_for(self.key_id)
-        response = self._call(
-            "GenerateDataKey",
-            self.key_id,
-            lambda: kms.generate_data_key(
-                KeyId=self.key_id,
-                KeySpec="AES_256",
-                EncryptionContext=context.as_dict(),
-                GrantTokens=list(self.grant_tokens),
-            ),
-        )
+        if self.mode == "bounded_reuse":
+            data_key = random_bytes(DATA_KEY_SIZE)
+            return DataKey(data_key, self._wrap_locally(data_key, context))
+        response = self._generate(context)
         data_key = response["Plaintext"]
-        if len(data_key) != DATA_KEY_SIZE:
-            raise KeyringError(
-                f"KMS GenerateDataKey with key {self.key_id!r} returned a key of "
-                f"{len(data_key)} bytes, not {DATA_KEY_SIZE}",
-                key_id=self.key_id,
-            )
-        self._arns[self.key_id] = response["KeyId"]
-        primary = WrappedKey(response["KeyId"], response["CiphertextBlob"])
+        primary = WrappedKey(response["KeyId"], direct_blob(response["CiphertextBlob"]))
         extra = [self._encrypt(k, data_key, context) for k in self.additional_key_ids]
         return DataKey(data_key, (primary, *extra))
 
     def wrap_data_key(self, data_key: bytes, context: EncryptionContext) -> tuple[WrappedKey, ...]:
         if not isinstance(data_key, bytes) or len(data_key) != DATA_KEY_SIZE:
             raise ConfigurationError(f"a data key is {DATA_KEY_SIZE} bytes")
+        if self.mode == "bounded_reuse":
+            return self._wrap_locally(data_key, context)
         return tuple(self._encrypt(k, data_key, context) for k in self.key_ids)
 
     def unwrap_data_key(
@@ -184,12 +203,91 @@ class KmsKeyring:
                 f"{refs!r}, the keyring holds {held!r}"
             )
         key_ref, blob = chosen
+        mode, kms_ciphertext, local_wrap = parse_blob(blob)
+        if mode == DIRECT:
+            return self._decrypt(key_ref, kms_ciphertext, context)
+        # Bounded reuse: one KMS Decrypt per wrapping key, then a local unwrap.
+        wrapper = self._unwrapped.get_or_load(
+            (key_ref, kms_ciphertext, context.canonical),
+            self._load_wrapper,
+            key_ref,
+            kms_ciphertext,
+            context,
+        )
+        return wrapper.unwrap(local_wrap, context.canonical)
+
+    def is_primary(self, wrapped_key: WrappedKey) -> bool:
+        key_ref = wrapped_key.key_ref
+        return key_ref == self.key_id or key_ref == self._resolve(self.key_id)
+
+    # -- bounded reuse -----------------------------------------------------------
+
+    def _wrap_locally(self, data_key: bytes, context: EncryptionContext) -> tuple[WrappedKey, ...]:
+        wrapping = self._current_wrapping_key(context)
+        local_wrap = wrapping.wrapper.wrap(data_key, context.canonical)
+        return tuple(WrappedKey(arn, reuse_blob(kms, local_wrap)) for arn, kms in wrapping.copies)
+
+    def _current_wrapping_key(self, context: EncryptionContext) -> _WrappingKey:
+        """The context's wrapping key, replaced after ``max_rows`` uses or ``max_age`` s.
+
+        The lock is held through the KMS call on purpose: when a key runs out, one
+        thread fetches the next and the others wait for it, instead of each
+        paying a GenerateDataKey of its own.
+        """
+        with self._wrapping_lock:
+            current = self._wrapping.get(context.canonical)
+            if current is not None:
+                wrapping, uses = current
+                if uses < self.max_rows and self._clock() < wrapping.expires:
+                    self._wrapping[context.canonical] = (wrapping, uses + 1)
+                    return wrapping
+            response = self._generate(context)
+            plaintext = response["Plaintext"]
+            copies = [(response["KeyId"], response["CiphertextBlob"])]
+            for extra in self.additional_key_ids:
+                wrapped = self._encrypt(extra, plaintext, context, raw=True)
+                copies.append((wrapped.key_ref, wrapped.blob))
+            wrapping = _WrappingKey(
+                LocalKeyWrapper(plaintext), tuple(copies), self._clock() + self.max_age
+            )
+            self._wrapping[context.canonical] = (wrapping, 1)
+            return wrapping
+
+    def _load_wrapper(
+        self, key_ref: str, kms_ciphertext: bytes, context: EncryptionContext
+    ) -> LocalKeyWrapper:
+        return LocalKeyWrapper(self._decrypt(key_ref, kms_ciphertext, context))
+
+    # -- KMS calls -------------------------------------------------------------
+
+    def _generate(self, context: EncryptionContext) -> dict[str, Any]:
+        kms = self._client_for(self.key_id)
+        response = self._call(
+            "GenerateDataKey",
+            self.key_id,
+            lambda: kms.generate_data_key(
+                KeyId=self.key_id,
+                KeySpec="AES_256",
+                EncryptionContext=context.as_dict(),
+                GrantTokens=list(self.grant_tokens),
+            ),
+        )
+        if len(response["Plaintext"]) != DATA_KEY_SIZE:
+            raise KeyringError(
+                f"KMS GenerateDataKey with key {self.key_id!r} returned a key of "
+                f"{len(response['Plaintext'])} bytes, not {DATA_KEY_SIZE}",
+                key_id=self.key_id,
+            )
+        self._arns[self.key_id] = response["KeyId"]
+        return dict(response)
+
+    def _decrypt(self, key_ref: str, kms_ciphertext: bytes, context: EncryptionContext) -> bytes:
         kms = self._client_for(key_ref)
         response = self._call(
             "Decrypt",
             key_ref,
             lambda: kms.decrypt(
-                CiphertextBlob=blob,
+                CiphertextBlob=kms_ciphertext,
                 KeyId=key_ref,
                 EncryptionContext=context.as_dict(),
                 GrantTokens=list(self.grant_tokens),
@@ -200,13 +298,9 @@ class KmsKeyring:
             raise DecryptionError(f"the value under {key_ref!r} does not hold a data key")
         return data_key
 
-    def is_primary(self, wrapped_key: WrappedKey) -> bool:
-        key_ref = wrapped_key.key_ref
-        return key_ref == self.key_id or key_ref == self._resolve(self.key_id)
-
-    # -- KMS calls -------------------------------------------------------------
-
-    def _encrypt(self, key_id: str, data_key: bytes, context: EncryptionContext) -> WrappedKey:
+    def _encrypt(
+        self, key_id: str, data_key: bytes, context: EncryptionContext, *, raw: bool = False
+    ) -> WrappedKey:
         kms = self._client_for(key_id)
         response = self._call(
             "Encrypt",
@@ -219,7 +313,8 @@ class KmsKeyring:
             ),
         )
         self._arns[key_id] = response["KeyId"]
-        return WrappedKey(response["KeyId"], response["CiphertextBlob"])
+        blob = response["CiphertextBlob"]
+        return WrappedKey(response["KeyId"], blob if raw else direct_blob(blob))
 
     def _choose(self, wrapped_keys: Sequence[WrappedKey]) -> WrappedKey | None:
         """The copy under the first held key that has one, primary first.

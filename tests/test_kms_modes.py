@@ -1,0 +1,211 @@
+"""KMS cost modes: direct and bounded reuse share one envelope format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from kms_server import (  # noqa: F401 - pytest fixtures
+    REGION,
+    Key,
+    Recorder,
+    aws_env_fixture,
+    kms_endpoint_fixture,
+    make_key_fixture,
+    recorder_fixture,
+)
+
+from sqla_envelope import (
+    ConfigurationError,
+    DecryptionError,
+    EncryptedType,
+    Encryptor,
+    KmsKeyring,
+    MalformedEnvelopeError,
+    unpack_envelope,
+)
+from sqla_envelope.context import EncryptionContext
+from sqla_envelope.envelope import WrappedKey, pack
+from sqla_envelope.keyrings._kms_blob import DIRECT, REUSE, parse_blob
+
+pytestmark = pytest.mark.usefixtures("aws_env")
+
+USERS_SSN = {"table": "users", "column": "ssn"}
+USERS_EMAIL = {"table": "users", "column": "email"}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def key(make_key: Callable[..., Key]) -> Key:
+    return make_key()
+
+
+@pytest.fixture
+def new_keyring(recorder: Recorder, kms_endpoint: str) -> Callable[..., KmsKeyring]:
+    def build(key_id: str, **kwargs: Any) -> KmsKeyring:
+        kwargs.setdefault("region_name", REGION)
+        kwargs.setdefault("endpoint_url", kms_endpoint)
+        return KmsKeyring(key_id, session=recorder.session, **kwargs)
+
+    return build
+
+
+def _modes(envelope: bytes) -> list[int]:
+    return [parse_blob(w.blob).mode for w in unpack_envelope(envelope).wrapped_keys]
+
+
+def test_bounded_reuse_makes_one_kms_call_per_max_rows(
+    key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder
+) -> None:
+    writer = Encryptor(new_keyring(key.arn, mode="bounded_reuse", max_rows=100))
+    envelopes = [writer.encrypt(f"value {i}".encode(), USERS_SSN) for i in range(250)]
+    assert recorder.operations().count("GenerateDataKey") == 3  # ceil(250 / 100)
+    assert {m for e in envelopes for m in _modes(e)} == {REUSE}
+    for params in recorder.params("GenerateDataKey"):
+        assert params["EncryptionContext"] == USERS_SSN and params["KeySpec"] == "AES_256"
+    # every value still has its own data key: its own local wrap and ciphertext
+    local_wraps = {
+        parse_blob(unpack_envelope(e).wrapped_keys[0].blob).local_wrap for e in envelopes
+    }
+    assert len(local_wraps) == 250
+    recorder.clear()
+    reader = Encryptor(new_keyring(key.alias_name, mode="bounded_reuse", max_rows=100))
+    assert [reader.decrypt(e, USERS_SSN) for e in envelopes] == [
+        f"value {i}".encode() for i in range(250)
+    ]
+    assert recorder.operations().count("Decrypt") == 3  # one per wrapping key, not per row
+    assert reader.stats()["unwraps"] == 250  # the keyring unwrapped each data key locally
+
+
+def test_bounded_reuse_renews_the_wrapping_key_after_max_age(
+    key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder
+) -> None:
+    clock = FakeClock()
+    enc = Encryptor(new_keyring(key.arn, mode="bounded_reuse", max_age=60, clock=clock))
+    for _ in range(5):
+        enc.encrypt(b"x", USERS_SSN)
+    clock.now += 59
+    enc.encrypt(b"x", USERS_SSN)
+    assert recorder.operations().count("GenerateDataKey") == 1
+    clock.now += 2
+    enc.encrypt(b"x", USERS_SSN)
+    assert recorder.operations().count("GenerateDataKey") == 2
+
+
+def test_each_context_gets_its_own_wrapping_key(
+    key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder
+) -> None:
+    enc = Encryptor(new_keyring(key.arn, mode="bounded_reuse"))
+    ssn = enc.encrypt(b"1", USERS_SSN)
+    email = enc.encrypt(b"2", USERS_EMAIL)
+    contexts = [p["EncryptionContext"] for p in recorder.params("GenerateDataKey")]
+    assert contexts == [USERS_SSN, USERS_EMAIL]
+    with pytest.raises(DecryptionError):  # a value moved to another column fails in KMS
+        Encryptor(enc.keyring).decrypt(ssn, USERS_EMAIL)
+    assert enc.decrypt(email, USERS_EMAIL) == b"2"
+
+
+def test_switching_modes_needs_no_migration(
+    key: Key, new_keyring: Callable[..., KmsKeyring]
+) -> None:
+    direct = Encryptor(new_keyring(key.arn))
+    reuse = Encryptor(new_keyring(key.arn, mode="bounded_reuse"))
+    old = direct.encrypt(b"written in direct mode", USERS_SSN)
+    new = reuse.encrypt(b"written with reuse", USERS_SSN)
+    assert _modes(old) == [DIRECT] and _modes(new) == [REUSE]
+    for enc in (
+        Encryptor(new_keyring(key.arn)),
+        Encryptor(new_keyring(key.arn, mode="bounded_reuse")),
+    ):
+        assert enc.decrypt(old, USERS_SSN) == b"written in direct mode"
+        assert enc.decrypt(new, USERS_SSN) == b"written with reuse"
+
+
+def test_switching_modes_through_a_column(
+    key: Key, new_keyring: Callable[..., KmsKeyring], tmp_path: Any
+) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'modes.db'}")
+    md = sa.MetaData()
+    direct, reuse = (
+        Encryptor(new_keyring(key.arn)),
+        Encryptor(new_keyring(key.arn, mode="bounded_reuse")),
+    )
+    table = sa.Table(
+        "t",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("v", EncryptedType(sa.String)),
+    )
+    md.create_all(engine)
+    import sqla_envelope
+
+    sqla_envelope.configure(direct)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": i, "v": f"d{i}"} for i in range(3)])
+    sqla_envelope.configure(reuse)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": i, "v": f"r{i}"} for i in range(3, 6)])
+        values = conn.execute(sa.select(table.c.v).order_by(table.c.id)).scalars().all()
+    assert values == ["d0", "d1", "d2", "r3", "r4", "r5"]
+
+
+def test_bounded_reuse_with_an_additional_key(
+    make_key: Callable[..., Key], new_keyring: Callable[..., KmsKeyring], recorder: Recorder
+) -> None:
+    primary, replica = make_key(), make_key("us-west-2")
+    enc = Encryptor(
+        new_keyring(primary.arn, additional_key_ids=[replica.arn], mode="bounded_reuse")
+    )
+    envelopes = [enc.encrypt(bytes([i]), USERS_SSN) for i in range(10)]
+    assert recorder.operations().count("GenerateDataKey") == 1
+    assert recorder.operations().count("Encrypt") == 1  # the wrapping key, once, not per value
+    only_replica = Encryptor(new_keyring(replica.arn, mode="bounded_reuse"))
+    assert [only_replica.decrypt(e, USERS_SSN) for e in envelopes] == [
+        bytes([i]) for i in range(10)
+    ]
+
+
+def test_tampered_local_wrap_fails(key: Key, new_keyring: Callable[..., KmsKeyring]) -> None:
+    enc = Encryptor(new_keyring(key.arn, mode="bounded_reuse"))
+    envelope = bytearray(enc.encrypt(b"secret", USERS_SSN))
+    parsed = unpack_envelope(bytes(envelope))
+    blob = bytearray(parsed.wrapped_keys[0].blob)
+    blob[-1] ^= 1
+    tampered = pack(
+        [WrappedKey(parsed.wrapped_keys[0].key_ref, bytes(blob))], parsed.nonce, parsed.sealed
+    )
+    with pytest.raises(DecryptionError):
+        Encryptor(enc.keyring).decrypt(tampered, USERS_SSN)
+    garbage = pack(
+        [WrappedKey(parsed.wrapped_keys[0].key_ref, b"\x09garbage")], parsed.nonce, parsed.sealed
+    )
+    with pytest.raises(MalformedEnvelopeError):
+        enc.decrypt(garbage, USERS_SSN)
+
+
+def test_mode_settings_are_checked() -> None:
+    with pytest.raises(ConfigurationError):
+        KmsKeyring("alias/x", region_name=REGION, mode="cheap")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        KmsKeyring("alias/x", region_name=REGION, mode="bounded_reuse", max_rows=0)
+    assert "bounded_reuse" in repr(KmsKeyring("alias/x", region_name=REGION, mode="bounded_reuse"))
+
+
+def test_context_object_is_reused(key: Key, new_keyring: Callable[..., KmsKeyring]) -> None:
+    keyring = new_keyring(key.arn, mode="bounded_reuse")
+    first = keyring.generate_data_key(EncryptionContext(USERS_SSN))
+    second = keyring.generate_data_key(EncryptionContext(dict(reversed(list(USERS_SSN.items())))))
+    assert (
+        parse_blob(first.wrapped_keys[0].blob).kms_ciphertext
+        == parse_blob(second.wrapped_keys[0].blob).kms_ciphertext
+    )
+    assert first.plaintext != second.plaintext
