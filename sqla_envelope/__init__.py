@@ -1,5 +1,7 @@
 """Row-level envelope encryption for SQLAlchemy: a data key per value, master keys in a keyring."""
 
+from .batching import PREFETCH_OPTION as PREFETCH_OPTION
+from .batching import install as _install_engine_events
 from .context import EncryptionContext as EncryptionContext
 from .encryptor import Encryptor as Encryptor
 from .encryptor import configure as configure
@@ -21,9 +23,12 @@ from .keyrings import LocalKeyring as LocalKeyring
 from .rotation import rewrap as rewrap
 from .types import EncryptedType as EncryptedType
 
+_install_engine_events()
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "PREFETCH_OPTION",
     "ConfigurationError",
     "DataKey",
     "DecryptionError",

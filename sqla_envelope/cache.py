@@ -84,6 +84,11 @@ class KeyCache(Generic[V]):
             return entry
         return None
 
+    def peek(self, key: Hashable) -> V | None:
+        """The cached value for ``key`` or None, without counting or reordering."""
+        entry = self._fresh(key)
+        return entry[1] if entry is not None else None
+
     def get(self, key: Hashable) -> V | None:
         """The cached value for ``key``, or None (counted as a hit when found)."""
         entry = self._entries.get(key)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import os
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .aead import NONCE_SIZE, data_key_cipher, open_sealed, random_bytes
 from .cache import KeyCache, peek
 from .context import EncryptionContext
 from .envelope import FORMAT_VERSION, header_size, pack, unpack, wrapped_keys_of
-from .errors import ConfigurationError, EnvelopeError, KeyringError
+from .errors import ConfigurationError, DecryptionError, EnvelopeError, KeyringError
 from .keyrings.base import Keyring
 
 __all__ = ["Encryptor", "configure", "get_default_encryptor"]
@@ -38,6 +41,8 @@ class Encryptor:
         *,
         cache_ttl: float = 300.0,
         cache_size: int = 10_000,
+        max_workers: int = 16,
+        prefetch: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(keyring, Keyring):
@@ -46,12 +51,23 @@ class Encryptor:
             )
         if cache_ttl < 0 or cache_size < 0:
             raise ConfigurationError("cache_ttl and cache_size must not be negative")
+        if max_workers < 1:
+            raise ConfigurationError("max_workers must be at least 1")
         self.keyring = keyring
         self._cache: KeyCache[Any] = KeyCache(cache_size, cache_ttl, clock=clock)
         # Keyring calls, counted with itertools.count: next() is atomic under the
         # GIL and costs a tenth of a lock on the per-value path.
         self._wraps = itertools.count()
         self._unwraps = itertools.count()
+        self.max_workers = max_workers
+        # Unwrap a query's keys concurrently by default only where unwrapping waits
+        # on a network (KMS); a local keyring is CPU-bound and gains nothing.
+        self.prefetch = (
+            bool(getattr(keyring, "unwraps_remotely", False)) if prefetch is None else prefetch
+        )
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0
+        self._executor_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -93,6 +109,78 @@ class Encryptor:
     def clear_cache(self) -> None:
         """Forget every unwrapped data key now (after a key compromise, in tests)."""
         self._cache.clear()
+
+    # -- batches ----------------------------------------------------------------------
+
+    def reserve(self, context: Mapping[str, str] | None, count: int) -> None:
+        """Tell the keyring that ``count`` values are about to be encrypted under ``context``.
+
+        A keyring that can generate data keys ahead (KmsKeyring in direct mode)
+        starts them concurrently; others ignore it. Called before multi-row writes.
+        """
+        reserve = getattr(self.keyring, "reserve_data_keys", None)
+        if reserve is not None and count > 1:
+            reserve(EncryptionContext.of(context), count)
+
+    def unwrap_all(self, envelopes: Iterable[bytes], context: Mapping[str, str] | None) -> int:
+        """Unwrap the data keys of many envelopes concurrently into the key cache.
+
+        Each distinct data key is unwrapped once, on up to ``max_workers`` threads,
+        and at most ``cache_size`` of them (more would evict one another before
+        use). Decrypting the values afterwards then hits the cache. Returns the
+        number of keys unwrapped. A KeyringError (KMS down) is raised at once; a
+        value that cannot be decrypted is left for its own decrypt() to report.
+        """
+        ctx = EncryptionContext.of(context)
+        cache = self._cache
+        pending: dict[bytes, tuple[bytes, int]] = {}
+        for envelope in envelopes:
+            if envelope is None or len(pending) >= cache.maxsize:
+                continue
+            end = header_size(envelope)
+            if not end:
+                continue  # multi-key or malformed: decrypt() handles and reports it
+            key = envelope[1:end]
+            if key not in pending and cache.peek(key) is None:
+                pending[key] = (envelope, end)
+        if not pending:
+            return 0
+        if len(pending) == 1 or self.max_workers == 1:
+            jobs = [self._prefetch_one(key, env, end, ctx) for key, (env, end) in pending.items()]
+            return sum(jobs)
+        executor = self._pool()
+        futures = [
+            executor.submit(self._prefetch_one, key, env, end, ctx)
+            for key, (env, end) in pending.items()
+        ]
+        return sum(future.result() for future in futures)
+
+    def _prefetch_one(
+        self, key: bytes, envelope: bytes, end: int, context: EncryptionContext
+    ) -> int:
+        try:
+            self._cache.load(key, self._unwrap, envelope, end, context)
+        except DecryptionError:
+            return 0
+        return 1
+
+    def _pool(self) -> ThreadPoolExecutor:
+        # A forked child has no worker threads: build its own executor.
+        with self._executor_lock:
+            if self._executor is None or self._executor_pid != os.getpid():
+                self._executor = ThreadPoolExecutor(
+                    self.max_workers, thread_name_prefix="sqla-envelope-unwrap"
+                )
+                self._executor_pid = os.getpid()
+            return self._executor
+
+    def close(self) -> None:
+        """Stop the unwrap workers and forget cached keys; the Encryptor still works."""
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        self.clear_cache()
 
     # -- the hot path, with a pre-built context -------------------------------------
 

@@ -1,0 +1,138 @@
+"""Key work in batches around statements, through SQLAlchemy engine events.
+
+Before a multi-row INSERT or UPDATE, the number of values each encrypted column
+will encrypt is reserved with its Encryptor, so a KMS keyring generates the data
+keys concurrently. After a SELECT, the wrapped keys of every encrypted value in
+the result are unwrapped concurrently before the rows are decrypted. Both matter
+only where a key operation waits on a network; with a local keyring they cost a
+few microseconds per statement.
+
+Prefetching on reads follows ``Encryptor(prefetch=...)`` (on for KMS by default)
+and can be set per statement or connection with the execution option
+``sqla_envelope_prefetch=True/False``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import weakref
+from typing import Any
+
+from sqlalchemy import Engine, Table, event
+from sqlalchemy.engine.cursor import FullyBufferedCursorFetchStrategy
+from sqlalchemy.sql import Insert, Update
+
+from .encryptor import Encryptor, get_default_encryptor
+from .errors import ConfigurationError
+from .types import EncryptedType
+
+__all__ = ["PREFETCH_OPTION", "install"]
+
+PREFETCH_OPTION = "sqla_envelope_prefetch"
+
+_table_columns: weakref.WeakKeyDictionary[Table, list[tuple[str, EncryptedType]]] = (
+    weakref.WeakKeyDictionary()
+)
+_result_columns: weakref.WeakKeyDictionary[Any, list[tuple[int, EncryptedType]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _encryptor_of(type_: EncryptedType) -> Encryptor | None:
+    try:
+        return type_.encryptor if type_.encryptor is not None else get_default_encryptor()
+    except ConfigurationError:
+        return None  # the statement itself will raise the clear error
+
+
+def _encrypted_columns(table: Table) -> list[tuple[str, EncryptedType]]:
+    found = _table_columns.get(table)
+    if found is None:
+        found = [(c.key, c.type) for c in table.columns if isinstance(c.type, EncryptedType)]
+        _table_columns[table] = found
+    return found
+
+
+def _before_execute(
+    conn: Any, clauseelement: Any, multiparams: Any, params: Any, execution_options: Any
+) -> None:
+    """Reserve data keys for each encrypted column of a multi-row write."""
+    if not isinstance(clauseelement, (Insert, Update)) or not isinstance(multiparams, list):
+        return
+    if len(multiparams) < 2 or not isinstance(clauseelement.table, Table):
+        return
+    for key, type_ in _encrypted_columns(clauseelement.table):
+        count = sum(1 for row in multiparams if row.get(key) is not None)
+        encryptor = _encryptor_of(type_) if count > 1 else None
+        if encryptor is not None:
+            try:
+                encryptor.reserve(type_.encryption_context(), count)
+            except ConfigurationError:
+                return
+
+
+def _encrypted_result_columns(compiled: Any) -> list[tuple[int, EncryptedType]]:
+    found = _result_columns.get(compiled)
+    if found is None:
+        entries = getattr(compiled, "_result_columns", None) or ()
+        found = [(i, e[3]) for i, e in enumerate(entries) if isinstance(e[3], EncryptedType)]
+        _result_columns[compiled] = found
+    return found
+
+
+def _after_cursor_execute(
+    conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any, executemany: bool
+) -> None:
+    """Unwrap a result's data keys concurrently, before its rows are processed."""
+    if executemany or context is None or context.compiled is None:
+        return
+    if cursor.description is None:
+        return
+    columns = _encrypted_result_columns(context.compiled)
+    if not columns:
+        return
+    options = context.execution_options
+    if options.get("stream_results") or options.get("yield_per"):
+        return  # buffering the whole result would defeat streaming
+    wanted = options.get(PREFETCH_OPTION)
+    plan = []
+    for index, type_ in columns:
+        encryptor = _encryptor_of(type_)
+        if encryptor is not None and (encryptor.prefetch if wanted is None else wanted):
+            plan.append((index, type_, encryptor))
+    if not plan:
+        return
+    rows = cursor.fetchall()
+    context.cursor_fetch_strategy = FullyBufferedCursorFetchStrategy(
+        cursor, cursor.description, rows
+    )
+    for index, type_, encryptor in plan:
+        values = [row[index] for row in rows]
+        if type_.storage == "base64":
+            values = [_b64(v) for v in values]
+        try:
+            encryptor.unwrap_all(
+                (bytes(v) for v in values if v is not None), type_.encryption_context()
+            )
+        except ConfigurationError:
+            continue
+
+
+def _b64(value: Any) -> Any:
+    try:
+        return base64.b64decode(value, validate=True) if value is not None else None
+    except (binascii.Error, ValueError, TypeError):
+        return None
+
+
+_installed = False
+
+
+def install() -> None:
+    """Register the engine events (done once, when sqla_envelope is imported)."""
+    global _installed
+    if not _installed:
+        event.listen(Engine, "before_execute", _before_execute)
+        event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
+        _installed = True

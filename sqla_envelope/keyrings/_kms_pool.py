@@ -1,0 +1,180 @@
+"""Fresh data keys generated ahead by worker threads, each handed out exactly once.
+
+A bulk insert in direct mode needs one GenerateDataKey per row; one at a time,
+each row waits a KMS round trip. Before such a statement runs, the number of
+values it will encrypt is reserved, and the pool keeps up to ``size`` requests
+in flight on worker threads, so the writer takes keys that are already there.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from ..context import EncryptionContext
+from .base import DataKey
+
+__all__ = ["DataKeyPool"]
+
+
+class _Lane:
+    """The keys of one encryption context: ready ones, and how many are coming."""
+
+    __slots__ = ("context", "in_flight", "ready", "wanted")
+
+    def __init__(self, context: EncryptionContext) -> None:
+        self.context = context
+        self.ready: deque[tuple[float, DataKey]] = deque()
+        self.in_flight = 0
+        self.wanted = 0  # keys reserved and not yet taken
+
+
+class DataKeyPool:
+    """A bounded pool of data keys generated ahead for what writers have reserved.
+
+    Nothing is generated on speculation: ``reserve(context, n)`` says that ``n``
+    values are about to be encrypted (a multi-row INSERT, an ORM flush), and the
+    pool keeps up to ``size`` of them in flight on ``workers`` threads until ``n``
+    are made, so KMS calls still equal values written. ``take`` hands out a ready
+    key, or generates one at once when none is ready; so a KMS failure surfaces on
+    the caller's statement as the KeyringError it gets, and a failure in a worker
+    only leaves the pool short. Keys left unused for ``max_idle`` seconds (a
+    statement that failed half-way) are dropped rather than kept in memory. After
+    ``os.fork()`` the child drops every pooled key, which the parent may hand out
+    too, and its workers.
+    """
+
+    def __init__(
+        self,
+        generate: Callable[[EncryptionContext], DataKey],
+        *,
+        size: int,
+        workers: int,
+        max_idle: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._generate = generate
+        self.size = size
+        self.workers = workers
+        self.max_idle = max_idle
+        self._clock = clock
+        self._lock = threading.Condition()
+        self._lanes: dict[bytes, _Lane] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+        self._pid = os.getpid()
+        _POOLS.add(self)
+
+    def _lane(self, context: EncryptionContext) -> _Lane:
+        lane = self._lanes.get(context.canonical)
+        if lane is None:
+            lane = self._lanes[context.canonical] = _Lane(context)
+        return lane
+
+    def _top_up(self, lane: _Lane) -> int:
+        """How many more requests to start for ``lane``; call with the lock held."""
+        missing = lane.wanted - len(lane.ready) - lane.in_flight
+        count = max(0, min(missing, self.size - lane.in_flight))
+        lane.in_flight += count
+        return count
+
+    def reserve(self, context: EncryptionContext, count: int) -> None:
+        """Announce ``count`` values about to be encrypted under ``context``."""
+        if count < 2 or self._closed:
+            return  # one value gains nothing from a worker
+        with self._lock:
+            lane = self._lane(context)
+            lane.wanted += count
+            start = self._top_up(lane)
+        self._schedule(lane, start)
+
+    def take(self, context: EncryptionContext) -> DataKey:
+        """A fresh data key for ``context``: a ready one, one on its way, or one generated now.
+
+        Waiting for a key already requested, rather than generating another, keeps
+        KMS calls equal to values written.
+        """
+        with self._lock:
+            lane = self._lane(context)
+            while not lane.ready and lane.in_flight > 0 and not self._closed:
+                self._lock.wait()
+            now = self._clock()
+            while lane.ready and now - lane.ready[0][0] > self.max_idle:
+                lane.ready.popleft()  # stale: drop rather than keep keys in memory
+            taken = lane.ready.popleft()[1] if lane.ready else None
+            lane.wanted = max(0, lane.wanted - 1)
+            start = self._top_up(lane)
+        self._schedule(lane, start)
+        return taken if taken is not None else self._generate(context)
+
+    def _schedule(self, lane: _Lane, count: int) -> None:
+        if count <= 0:
+            return
+        if self._closed:
+            with self._lock:
+                lane.in_flight -= count
+            return
+        executor = self._executor
+        if executor is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        self.workers, thread_name_prefix="sqla-envelope-kms"
+                    )
+                executor = self._executor
+        for _ in range(count):
+            executor.submit(self._fill, lane, self._pid)
+
+    def _fill(self, lane: _Lane, pid: int) -> None:
+        try:
+            data_key: DataKey | None = self._generate(lane.context)
+        except Exception:  # the writer's own call will meet and report the failure
+            data_key = None
+        with self._lock:
+            lane.in_flight = max(0, lane.in_flight - 1)
+            if data_key is not None and not self._closed and pid == self._pid:
+                lane.ready.append((self._clock(), data_key))
+            # After a failure, stop asking: the writer's own call reports it.
+            more = self._top_up(lane) if data_key is not None else 0
+            self._lock.notify_all()
+        self._schedule(lane, more)
+
+    def pooled(self) -> int:
+        """How many keys are ready now (for tests and monitoring)."""
+        with self._lock:
+            return sum(len(lane.ready) for lane in self._lanes.values())
+
+    def close(self) -> None:
+        """Stop the workers and forget every pooled key; take() still works, unpooled."""
+        self._closed = True
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._lanes.clear()
+            self._lock.notify_all()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent still holds these keys: using one here too would encrypt two
+        # values under one data key. New locks, because a fork can copy one held.
+        self._lock = threading.Condition()
+        self._lanes = {}
+        self._executor = None
+        self._pid = os.getpid()
+
+
+_POOLS: weakref.WeakSet[DataKeyPool] = weakref.WeakSet()
+
+
+def _reset_pools_in_child() -> None:
+    for pool in list(_POOLS):
+        pool._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pools_in_child)

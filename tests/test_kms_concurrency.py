@@ -1,0 +1,278 @@
+"""Hiding KMS latency: keys made ahead for multi-row writes, unwrapped concurrently on reads."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from kms_server import (  # noqa: F401 - pytest fixtures
+    REGION,
+    Key,
+    Recorder,
+    aws_env_fixture,
+    kms_endpoint_fixture,
+    make_key_fixture,
+    recorder_fixture,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import sqla_envelope
+from sqla_envelope import EncryptedType, Encryptor, KeyringError, KmsKeyring, unpack_envelope
+
+pytestmark = pytest.mark.usefixtures("aws_env")
+
+
+class Latency:
+    """Holds each KMS request for ``seconds`` and records how many were held at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, **_: Any) -> None:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        time.sleep(self.seconds)
+        with self._lock:
+            self.now -= 1
+
+
+@pytest.fixture
+def latency(recorder: Recorder) -> Latency:
+    held = Latency(0.03)
+    # Registered before the keyring builds its clients, and before the recorder's
+    # own before-send hook, so injected failures are delayed too.
+    recorder.session.events.register_first("before-send.kms", held)
+    return held
+
+
+@pytest.fixture
+def new_keyring(recorder: Recorder, kms_endpoint: str) -> Iterator[Callable[..., KmsKeyring]]:
+    built: list[KmsKeyring] = []
+
+    def build(key_id: str, **kwargs: Any) -> KmsKeyring:
+        kwargs.setdefault("region_name", REGION)
+        kwargs.setdefault("endpoint_url", kms_endpoint)
+        kwargs.setdefault("max_attempts", 1)
+        keyring = KmsKeyring(key_id, session=recorder.session, **kwargs)
+        built.append(keyring)
+        return keyring
+
+    yield build
+    for keyring in built:
+        keyring.close()
+
+
+@pytest.fixture
+def key(make_key: Callable[..., Key]) -> Key:
+    return make_key()
+
+
+@pytest.fixture
+def people(tmp_path: Any) -> Iterator[tuple[sa.Engine, type[Any]]]:
+    class Base(DeclarativeBase):
+        pass
+
+    class Person(Base):
+        __tablename__ = "people"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        ssn: Mapped[str] = mapped_column(EncryptedType(sa.String))
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'people.db'}")
+    Base.metadata.create_all(engine)
+    yield engine, Person
+    sqla_envelope.configure(None)
+
+
+def _insert(engine: sa.Engine, person: type[Any], count: int) -> None:
+    with Session(engine) as session:
+        session.add_all([person(id=i, ssn=f"{i:09d}") for i in range(count)])
+        session.commit()
+
+
+def test_orm_flush_generates_data_keys_concurrently_one_per_value(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    latency: Latency,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=8)))
+    _insert(engine, person, 40)
+    assert recorder.operations().count("GenerateDataKey") == 40  # no key wasted
+    assert latency.peak > 1  # requests overlapped (speed itself is measured in bench/)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT ssn FROM people")).scalars().all()
+    assert len({unpack_envelope(bytes(v)).wrapped_keys for v in stored}) == 40  # never reused
+
+
+def test_without_prefetch_writes_wait_one_round_trip_each(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    latency: Latency,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=0)))
+    _insert(engine, person, 6)
+    assert latency.peak == 1
+    assert recorder.operations().count("GenerateDataKey") == 6
+
+
+def test_a_single_row_write_generates_nothing_ahead(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    keyring = new_keyring(key.arn)
+    sqla_envelope.configure(Encryptor(keyring))
+    _insert(engine, person, 1)
+    assert recorder.operations().count("GenerateDataKey") == 1
+    assert keyring._pool is not None and keyring._pool.pooled() == 0
+
+
+def test_select_unwraps_a_results_keys_concurrently_and_duplicates_once(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    latency: Latency,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=0)))
+    _insert(engine, person, 30)
+    with engine.begin() as conn:  # row 29 now holds a copy of row 0's value
+        conn.execute(
+            sa.text("UPDATE people SET ssn = (SELECT ssn FROM people WHERE id = 0) WHERE id = 29")
+        )
+    reader = Encryptor(new_keyring(key.arn))
+    sqla_envelope.configure(reader)
+    recorder.clear()
+    latency.peak = 0
+    with Session(engine) as session:
+        loaded = session.scalars(sa.select(person).order_by(person.id)).all()
+        assert [p.ssn for p in loaded[:3]] == ["000000000", "000000001", "000000002"]
+        assert loaded[29].ssn == "000000000"
+    assert recorder.operations().count("Decrypt") == 29  # 30 rows, 29 distinct keys
+    assert latency.peak > 1
+    assert reader.stats()["cache_hits"] >= 30
+
+
+def test_prefetch_can_be_turned_off_per_statement(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    latency: Latency,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=0)))
+    _insert(engine, person, 5)
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn)))
+    latency.peak = 0
+    with Session(engine) as session:
+        stmt = sa.select(person).execution_options(sqla_envelope_prefetch=False)
+        assert len(session.scalars(stmt).all()) == 5
+    assert latency.peak == 1
+
+
+def test_core_results_prefetch_too_and_unwrap_all_is_explicit(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    latency: Latency,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=0)))
+    _insert(engine, person, 10)
+    table = person.__table__
+    reader = Encryptor(new_keyring(key.arn), prefetch=False)
+    sqla_envelope.configure(reader)
+    with engine.connect() as conn:
+        raw = conn.execute(sa.select(sa.type_coerce(table.c.ssn, sa.LargeBinary))).scalars().all()
+        latency.peak = 0
+        assert reader.unwrap_all(raw, {"table": "people", "column": "ssn"}) == 10
+        assert latency.peak > 1
+        recorder.clear()
+        values = conn.execute(sa.select(table.c.ssn)).scalars().all()
+    assert sorted(values) == [f"{i:09d}" for i in range(10)]
+    assert "Decrypt" not in recorder.operations()  # every key came from the cache
+
+
+def test_kms_failure_during_a_bulk_write_fails_the_statement(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=8)))
+    recorder.fail("GenerateDataKey", "KMSInternalException", 500)
+    with pytest.raises(KeyringError, match="KMSInternalException"):
+        _insert(engine, person, 20)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM people")).scalar() == 0
+
+
+def test_kms_failure_during_a_prefetch_fails_the_select(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=0)))
+    _insert(engine, person, 5)
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn)))
+    recorder.fail("Decrypt", "AccessDeniedException")
+    with Session(engine) as session, pytest.raises(KeyringError, match="AccessDenied"):
+        session.scalars(sa.select(person)).all()
+
+
+def test_pool_is_emptied_in_a_forked_child(
+    key: Key, new_keyring: Callable[..., KmsKeyring]
+) -> None:
+    keyring = new_keyring(key.arn, prefetch=8)
+    encryptor = Encryptor(keyring)
+    encryptor.reserve({"table": "people", "column": "ssn"}, 8)
+    deadline = time.monotonic() + 5
+    assert keyring._pool is not None
+    while keyring._pool.pooled() < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert keyring._pool.pooled() == 8
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: must not hold the parent's keys
+        os.close(read)
+        status = b"ok" if keyring._pool.pooled() == 0 else b"kept parent keys"
+        os.write(write, status)
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 100)
+    os.waitpid(pid, 0)
+    assert answer == b"ok"
+    assert keyring._pool.pooled() == 8  # the parent keeps its own
+
+
+def test_close_stops_workers_and_drops_pooled_keys(
+    key: Key, new_keyring: Callable[..., KmsKeyring]
+) -> None:
+    keyring = new_keyring(key.arn, prefetch=4)
+    encryptor = Encryptor(keyring)
+    encryptor.reserve({"table": "t", "column": "c"}, 4)
+    keyring.close()
+    assert keyring._pool is not None and keyring._pool.pooled() == 0
+    envelope = encryptor.encrypt(b"still works", {"table": "t", "column": "c"})
+    assert encryptor.decrypt(envelope, {"table": "t", "column": "c"}) == b"still works"
