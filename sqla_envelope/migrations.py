@@ -1,12 +1,198 @@
-"""Alembic helpers: render EncryptedType columns into migrations that import cleanly."""
+"""Migrating existing data, and Alembic helpers.
+
+``encrypt_column`` turns plaintext into envelopes, in place or from a plaintext
+column into an encrypted one; ``decrypt_column`` goes back. Both are batched,
+idempotent and resumable like rotation (walk.py), so they can run online and
+inside an Alembic migration (``op.get_bind()``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .types import EncryptedType
+import sqlalchemy as sa
 
-__all__ = ["render_item"]
+from .envelope import header_size, unpack
+from .errors import ConfigurationError, DecryptionError, MalformedEnvelopeError
+from .rotation import (
+    Bind,
+    as_key,
+    column_encryptor,
+    encrypted_column,
+    envelope_to_stored,
+    stored_to_envelope,
+)
+from .types import EncryptedType
+from .walk import SKIP, ColumnReport, Progress, Shard, walk_column
+
+__all__ = ["decrypt_column", "encrypt_column", "render_item"]
+
+# Logical types whose stored plaintext is text or bytes, so a column can change
+# from plaintext to envelopes in place.
+_IN_PLACE = ("String", "LargeBinary", "JSON", "Enum")
+
+
+def _plain_column(column: Any) -> sa.Column[Any]:
+    prop = getattr(column, "property", None)
+    target = prop.columns[0] if prop is not None and getattr(prop, "columns", None) else column
+    if not isinstance(target, sa.Column):
+        raise ConfigurationError(f"{column!r} is not a table column or mapped attribute")
+    if isinstance(target.type, EncryptedType):
+        raise ConfigurationError(f"column {target.name} is encrypted; name the plaintext column")
+    return target
+
+
+def _is_envelope(stored: Any, load: Any, opens: Any) -> bool:
+    """True if ``stored`` is an envelope that decrypts under the column's context."""
+    try:
+        envelope = load(stored)
+        if not header_size(envelope):
+            unpack(envelope)  # raises MalformedEnvelopeError unless a multi-key envelope
+        opens(envelope)
+    except MalformedEnvelopeError:
+        return False
+    return True
+
+
+def encrypt_column(
+    bind: Bind,
+    column: Any,
+    *,
+    source: Any = None,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    strict: bool = True,
+    shard: Shard | None = None,
+    start_after: Any = None,
+    progress: Progress | None = None,
+) -> ColumnReport:
+    """Encrypt the plaintext of an EncryptedType ``column``, without losing a row.
+
+    In place (``source=None``): the column still holds plaintext (text, or bytes
+    after ``ALTER ... TYPE bytea``) for a String, LargeBinary, JSON or Enum logical
+    type, and every value that is not yet an envelope is encrypted. Into a new
+    column (``source=`` a plaintext column of the same table, any logical type):
+    each non-NULL source value is encrypted into ``column`` unless it holds an
+    envelope already. Rows whose values changed meanwhile are left for the next
+    run; running again finishes the job. A stored value that looks like an
+    envelope but does not decrypt is reported (or raised with ``strict``).
+    """
+    table, col, type_ = encrypted_column(column)
+    encryptor = column_encryptor(type_)
+    context = type_.encryption_context()
+    load, store = stored_to_envelope(type_), envelope_to_stored(type_)
+    encode, decode = type_.codec.encode, type_.codec.decode
+
+    def opens(envelope: bytes) -> None:
+        encryptor.open(envelope, context)
+
+    def seal(value: Any) -> Any:
+        return store(encryptor.seal(encode(value), context))
+
+    if source is None:
+        if type_.codec.name not in _IN_PLACE:
+            raise ConfigurationError(
+                f"{type_.codec.name} values cannot be encrypted in place: add an "
+                "EncryptedType column and pass the plaintext column as source="
+            )
+
+        def in_place(row: tuple[Any, ...]) -> Any:
+            (stored,) = row
+            if stored is None or _is_envelope(stored, load, opens):
+                return SKIP
+            plaintext = stored.encode("utf-8") if isinstance(stored, str) else bytes(stored)
+            try:
+                value = decode(plaintext)  # checks it is a valid value of the type
+            except DecryptionError:
+                raise DecryptionError(
+                    f"plaintext is not a valid {type_.codec.name} value"
+                ) from None
+            return seal(value)
+
+        transform, read, guard = in_place, [col], [col]
+    else:
+        plain = _plain_column(source)
+
+        def from_source(row: tuple[Any, ...]) -> Any:
+            stored, value = row
+            if value is None or (stored is not None and _is_envelope(stored, load, opens)):
+                return SKIP
+            return seal(value)
+
+        transform, read, guard = from_source, [col, plain], [col, plain]
+
+    report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
+    return walk_column(
+        bind, table, read, guard, col, transform, report,
+        batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
+        start_after=as_key(start_after), progress=progress,
+    )  # fmt: skip
+
+
+def decrypt_column(
+    bind: Bind,
+    column: Any,
+    *,
+    target: Any = None,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    strict: bool = True,
+    shard: Shard | None = None,
+    start_after: Any = None,
+    progress: Progress | None = None,
+) -> ColumnReport:
+    """Decrypt an EncryptedType ``column`` back to plaintext: the way back out.
+
+    In place (``target=None``, String, LargeBinary, JSON or Enum only): each
+    envelope is replaced by its plaintext (UTF-8 bytes in a binary column, text
+    with base64 storage); values that are not envelopes are left alone. Into a
+    plaintext ``target`` column: every envelope is decrypted into it unless the
+    target already holds a value.
+    """
+    table, col, type_ = encrypted_column(column)
+    encryptor = column_encryptor(type_)
+    context = type_.encryption_context()
+    load = stored_to_envelope(type_)
+    decode = type_.codec.decode
+    as_text = type_.storage == "base64"
+
+    if target is None:
+        if type_.codec.name not in _IN_PLACE:
+            raise ConfigurationError(
+                f"{type_.codec.name} values cannot be decrypted in place: pass a plaintext "
+                "column as target="
+            )
+
+        def in_place(row: tuple[Any, ...]) -> Any:
+            (stored,) = row
+            if stored is None:
+                return SKIP
+            try:
+                envelope = load(stored)
+                unpack(envelope)
+            except MalformedEnvelopeError:
+                return SKIP  # plaintext already
+            plaintext = encryptor.open(envelope, context)
+            return plaintext.decode("utf-8") if as_text else plaintext
+
+        transform, read, guard, write = in_place, [col], [col], col
+    else:
+        plain = _plain_column(target)
+
+        def to_target(row: tuple[Any, ...]) -> Any:
+            stored, value = row
+            if stored is None or value is not None:
+                return SKIP
+            return decode(encryptor.open(load(stored), context))
+
+        transform, read, guard, write = to_target, [col, plain], [col, plain], plain
+
+    report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
+    return walk_column(
+        bind, table, read, guard, write, transform, report,
+        batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
+        start_after=as_key(start_after), progress=progress,
+    )  # fmt: skip
 
 
 def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:

@@ -13,7 +13,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.type_api import TypeDecorator, TypeEngine
 from sqlalchemy.types import to_instance
 
-from .codecs import codec_for
+from .codecs import Codec, codec_for
 from .context import EncryptionContext
 from .encryptor import Encryptor, get_default_encryptor
 from .errors import (
@@ -55,6 +55,11 @@ class EncryptedType(TypeDecorator[Any]):
     or decrypted. ``storage="base64"`` keeps envelopes as text for schemas that
     cannot hold binary.
 
+    ``allow_plaintext=True`` is for the duration of a migration only (as Rails'
+    ``support_unencrypted_data``): a stored value that is not an envelope at all
+    is returned as plaintext instead of raising MalformedEnvelopeError. A value
+    that is an envelope and fails to decrypt still raises. Writes always encrypt.
+
     Comparing the column with a value in SQL raises UnsupportedComparisonError:
     randomized ciphertexts never match.
     """
@@ -69,6 +74,7 @@ class EncryptedType(TypeDecorator[Any]):
         *,
         context: Mapping[str, str] | None = None,
         storage: Storage = "binary",
+        allow_plaintext: bool = False,
     ) -> None:
         super().__init__()
         logical = to_instance(impl_type)
@@ -83,6 +89,7 @@ class EncryptedType(TypeDecorator[Any]):
         self.encryptor = encryptor
         self.context = EncryptionContext(context) if context is not None else None
         self.storage = storage
+        self.allow_plaintext = allow_plaintext
         if storage == "base64":
             self.impl = self.impl_instance = Text()  # type: ignore[assignment]
         self._column: Column[Any] | None = None
@@ -141,6 +148,11 @@ class EncryptedType(TypeDecorator[Any]):
         return dialect.type_descriptor(self.impl_instance)
 
     @property
+    def codec(self) -> Codec:
+        """How values of the logical type become the bytes that are encrypted."""
+        return self._codec
+
+    @property
     def python_type(self) -> type[Any]:
         return self.impl_type.python_type
 
@@ -174,6 +186,7 @@ class EncryptedType(TypeDecorator[Any]):
         decode = self._codec.decode
         fixed = self.encryptor
         as_text = self.storage == "base64"
+        allow_plaintext = self.allow_plaintext
         context: EncryptionContext | None = None
 
         def process(value: Any) -> Any:
@@ -182,23 +195,33 @@ class EncryptedType(TypeDecorator[Any]):
                 return None
             if context is None:
                 context = self.encryption_context()
-            if as_text:
-                try:
-                    value = base64.b64decode(value, validate=True)
-                except (binascii.Error, ValueError, TypeError):
-                    raise MalformedEnvelopeError(
-                        f"{self._label()}: stored text is not base64"
-                    ) from None
-            elif type(value) is not bytes:
-                value = bytes(value)
-            encryptor = fixed if fixed is not None else get_default_encryptor()
+            stored = value
             try:
+                if as_text:
+                    try:
+                        value = base64.b64decode(value, validate=True)
+                    except (binascii.Error, ValueError, TypeError):
+                        raise MalformedEnvelopeError("stored text is not base64") from None
+                elif type(value) is not bytes:
+                    if isinstance(value, str):
+                        raise MalformedEnvelopeError("stored value is text, not an envelope")
+                    value = bytes(value)
+                encryptor = fixed if fixed is not None else get_default_encryptor()
                 plaintext = encryptor.open(value, context)
+            except MalformedEnvelopeError as exc:
+                if allow_plaintext:
+                    return self._plaintext(stored)
+                raise MalformedEnvelopeError(f"{self._label()}: {exc}") from None
             except DecryptionError as exc:
                 raise type(exc)(f"{self._label()}: {exc}") from None
             return decode(plaintext)
 
         return process
+
+    def _plaintext(self, stored: Any) -> Any:
+        """A value stored before encryption, read under ``allow_plaintext``."""
+        data = stored.encode("utf-8") if isinstance(stored, str) else bytes(stored)
+        return self._codec.decode(data)
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         return self.bind_processor(dialect)(value)
@@ -234,6 +257,8 @@ class EncryptedType(TypeDecorator[Any]):
             args.append(f"context={self.context.as_dict()!r}")
         if self.storage != "binary":
             args.append(f"storage={self.storage!r}")
+        if self.allow_plaintext:
+            args.append("allow_plaintext=True")
         return f"EncryptedType({', '.join(args)})"
 
 

@@ -256,6 +256,48 @@ class KmsKeyring:
         )
         return wrapper.unwrap(local_wrap, context.canonical)
 
+    def reencrypt_data_key(
+        self, wrapped_keys: Sequence[WrappedKey], context: EncryptionContext
+    ) -> tuple[WrappedKey, ...] | None:
+        """Re-wrap under this keyring's keys with KMS ReEncrypt, or None if it cannot.
+
+        Used by ``rewrap``: the data key is decrypted and encrypted again inside
+        KMS and never reaches the application. Needs ``kms:ReEncryptFrom`` on the
+        old key and ``kms:ReEncryptTo`` on the new ones. Applies to direct-mode
+        copies under a key in the same region as every target key; otherwise
+        returns None and rewrap unwraps and wraps instead.
+        """
+        if self.mode != "direct":
+            return None
+        source = next(
+            (w for w in wrapped_keys if _is_key_arn(w.key_ref) and w.blob[:1] == bytes((DIRECT,))),
+            None,
+        )
+        if source is None:
+            return None
+        targets = [self._resolve(k) for k in self.key_ids]
+        regions = {(_arn_parts(arn) or ("?", ""))[0] for arn in (source.key_ref, *targets)}
+        if len(regions) != 1:
+            return None  # ReEncrypt works within one region
+        kms = self._client_for(source.key_ref)
+        ciphertext = parse_blob(source.blob).kms_ciphertext
+        copies = []
+        for target in targets:
+            response = self._call(
+                "ReEncrypt",
+                target,
+                lambda target=target: kms.re_encrypt(  # type: ignore[misc]
+                    CiphertextBlob=ciphertext,
+                    SourceKeyId=source.key_ref,
+                    DestinationKeyId=target,
+                    SourceEncryptionContext=context.as_dict(),
+                    DestinationEncryptionContext=context.as_dict(),
+                    GrantTokens=list(self.grant_tokens),
+                ),
+            )
+            copies.append(WrappedKey(response["KeyId"], direct_blob(response["CiphertextBlob"])))
+        return tuple(copies)
+
     def is_primary(self, wrapped_key: WrappedKey) -> bool:
         key_ref = wrapped_key.key_ref
         return key_ref == self.key_id or key_ref == self._resolve(self.key_id)

@@ -1,0 +1,273 @@
+"""Walk a table in primary-key order, a batch per transaction, and write back safely.
+
+The shared engine of rotation and migration: keyset pagination on the primary
+key (no OFFSET, composite keys work), each batch in its own transaction, and an
+optimistic compare on the stored value, so a row the application changed since
+it was read is never overwritten. A run that dies is simply run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .errors import ConfigurationError, DecryptionError
+
+__all__ = ["SKIP", "ColumnReport", "Shard", "count_rows", "raw_type", "walk_column"]
+
+log = logging.getLogger("sqla_envelope.walk")
+
+# What a transform returns for a row that needs no change.
+SKIP = object()
+
+
+@dataclass
+class ColumnReport:
+    """What a run over one column did; never holds values, only primary keys."""
+
+    table: str
+    column: str
+    dry_run: bool = False
+    examined: int = 0
+    changed: int = 0
+    skipped: int = 0
+    conflicts: int = 0
+    failures: list[tuple[tuple[Any, ...], str]] = field(default_factory=list)
+    last_key: tuple[Any, ...] | None = None
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def summary(self) -> str:
+        verb = "would change" if self.dry_run else "changed"
+        return (
+            f"{self.table}.{self.column}: {self.examined} examined, {self.changed} {verb}, "
+            f"{self.skipped} already done, {self.conflicts} changed by others meanwhile, "
+            f"{self.failed} failed"
+        )
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` of ``count`` of an integer primary key's range (``--shard I/N``)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ConfigurationError("a shard is written I/N, e.g. 0/4") from None
+        if not 0 <= index < count:
+            raise ConfigurationError("a shard I/N needs 0 <= I < N")
+        return cls(index, count)
+
+
+Transform = Callable[[Any], Any]
+Progress = Callable[[ColumnReport], None]
+
+
+def _pk_columns(table: sa.Table) -> list[sa.Column[Any]]:
+    pk = list(table.primary_key.columns)
+    if not pk:
+        raise ConfigurationError(f"table {table.fullname} has no primary key to walk in order")
+    return pk
+
+
+@contextlib.contextmanager
+def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    """A transaction for one batch: its own on an Engine, a savepoint inside a migration."""
+    if isinstance(bind, Engine):
+        with bind.begin() as conn:
+            yield conn
+    elif bind.in_transaction():
+        with bind.begin_nested():
+            yield bind
+    else:
+        with bind.begin():
+            yield bind
+
+
+def _shard_bounds(bind: Engine | Connection, pk: Any, shard: Shard) -> tuple[int, int]:
+    if not isinstance(pk.type, sa.Integer):
+        raise ConfigurationError("--shard needs a table with a single integer primary key")
+    with _transaction(bind) as conn:
+        low, high = conn.execute(sa.select(sa.func.min(pk), sa.func.max(pk))).one()
+    if low is None:
+        return 0, -1
+    span = high - low + 1
+    start = low + span * shard.index // shard.count
+    stop = low + span * (shard.index + 1) // shard.count - 1
+    return start, stop
+
+
+def count_rows(bind: Engine | Connection, table: sa.Table, shard: Shard | None = None) -> int:
+    """Rows a walk will examine, for progress bars."""
+    stmt = sa.select(sa.func.count()).select_from(table)
+    if shard is not None:
+        pk = _pk_columns(table)
+        if len(pk) != 1:
+            raise ConfigurationError("--shard needs a table with a single integer primary key")
+        start, stop = _shard_bounds(bind, pk[0], shard)
+        stmt = stmt.where(pk[0].between(start, stop))
+    with _transaction(bind) as conn:
+        return int(conn.execute(stmt).scalar_one())
+
+
+def raw_type(column: sa.Column[Any]) -> sa.types.TypeEngine[Any]:
+    """The type that reads and writes a column's stored value as is.
+
+    An encrypted column's envelopes are read as bytes (or base64 text), never
+    through EncryptedType, so each row's errors are handled here.
+    """
+    from .types import EncryptedType
+
+    type_ = column.type
+    if isinstance(type_, EncryptedType):
+        # No processing at all: a column being migrated may still hold plaintext
+        # text, which LargeBinary's result processor would refuse.
+        return sa.types.NullType()
+    return type_
+
+
+def walk_column(
+    bind: Engine | Connection,
+    table: sa.Table,
+    read: Sequence[sa.Column[Any]],
+    guard: Sequence[sa.Column[Any]],
+    write: sa.Column[Any],
+    transform: Transform,
+    report: ColumnReport,
+    *,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    strict: bool = False,
+    shard: Shard | None = None,
+    start_after: Sequence[Any] | None = None,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> ColumnReport:
+    """Apply ``transform`` to every row, batch by batch, and write what it returns.
+
+    ``read`` are the columns selected per row (after the primary key), as stored
+    (see ``raw_type``); ``transform`` gets a tuple of their values and returns the
+    new stored value of ``write``, or ``SKIP``. ``guard`` must be the first
+    columns of ``read``: the UPDATE matches the primary key and each guard's value
+    as read (NULL-safe), so a concurrent change wins and counts as a conflict.
+    A DecryptionError from ``transform`` is recorded against the row's primary
+    key (or raised with ``strict``); any other error stops the run after rolling
+    back the current batch; the batches before it stay committed.
+    """
+    if batch_size < 1:
+        raise ConfigurationError("batch_size must be at least 1")
+    if list(guard) != list(read[: len(guard)]):
+        raise ValueError("guard columns must come first in read")
+    # A plain view of the table: stored values in and out, no EncryptedType.
+    view = sa.table(
+        table.name,
+        *(sa.column(c.name, c.type) for c in table.primary_key.columns),
+        *(sa.column(c.name, raw_type(c)) for c in {*read, write} if not c.primary_key),
+        schema=table.schema,
+    )
+    pk = [view.c[c.name] for c in _pk_columns(table)]
+    read_cols = [view.c[c.name] for c in read]
+    guard_cols = [view.c[c.name] for c in guard]
+    write_col = view.c[write.name]
+    where: list[sa.ColumnElement[bool]] = []
+    if shard is not None:
+        if len(pk) != 1:
+            raise ConfigurationError("--shard needs a table with a single integer primary key")
+        start, stop = _shard_bounds(bind, pk[0], shard)
+        where.append(pk[0].between(start, stop))
+    last = tuple(start_after) if start_after is not None else None
+    names = [f"pk_{i}" for i in range(len(pk))]
+    update = (
+        sa.update(view)
+        .where(*(col == sa.bindparam(name) for col, name in zip(pk, names, strict=True)))
+        .where(
+            *(
+                sa.or_(
+                    col == sa.bindparam(f"old_{i}", type_=col.type),
+                    sa.and_(sa.bindparam(f"old_{i}_null"), col.is_(None)),
+                )
+                for i, col in enumerate(guard_cols)
+            )
+        )
+        .values({write_col.name: sa.bindparam("new_value", type_=write_col.type)})
+    )
+    pool = (
+        ThreadPoolExecutor(workers, thread_name_prefix="sqla-envelope-walk")
+        if workers > 1
+        else None
+    )
+    try:
+        while True:
+            stmt = sa.select(*pk, *read_cols).where(*where).order_by(*pk).limit(batch_size)
+            if last is not None:
+                key = pk[0] if len(pk) == 1 else sa.tuple_(*pk)
+                stmt = stmt.where(key > (last[0] if len(pk) == 1 else sa.tuple_(*last)))
+            with _transaction(bind) as conn:
+                rows = conn.execute(stmt).all()
+                if not rows:
+                    break
+                outcomes = _apply(transform, [tuple(r[len(pk) :]) for r in rows], pool)
+                params = []
+                for row, outcome in zip(rows, outcomes, strict=True):
+                    keys = tuple(row[: len(pk)])
+                    report.examined += 1
+                    if isinstance(outcome, DecryptionError):
+                        if strict:
+                            raise outcome
+                        report.failures.append((keys, str(outcome)))
+                        log.warning(
+                            "row %r of %s cannot be processed: %s", keys, table.fullname, outcome
+                        )
+                    elif outcome is SKIP:
+                        report.skipped += 1
+                    else:
+                        entry = dict(zip(names, keys, strict=True))
+                        guarded = row[len(pk) : len(pk) + len(guard)]
+                        for i, old in enumerate(guarded):
+                            entry[f"old_{i}"] = old
+                            entry[f"old_{i}_null"] = old is None
+                        entry["new_value"] = outcome
+                        params.append(entry)
+                if params and not dry_run:
+                    result = conn.execute(update, params)
+                    written = result.rowcount if result.rowcount >= 0 else len(params)
+                    report.changed += written
+                    report.conflicts += len(params) - written
+                elif params:
+                    report.changed += len(params)
+                last = tuple(rows[-1][: len(pk)])
+                report.last_key = last
+            if progress is not None:
+                progress(report)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return report
+
+
+def _apply(
+    transform: Transform, rows: list[tuple[Any, ...]], pool: ThreadPoolExecutor | None
+) -> list[Any]:
+    def safe(row: tuple[Any, ...]) -> Any:
+        try:
+            return transform(row)
+        except DecryptionError as exc:
+            return exc
+
+    if pool is None:
+        return [safe(row) for row in rows]
+    return list(pool.map(safe, rows))
