@@ -14,8 +14,13 @@ from .aead import NONCE_SIZE, data_key_cipher, open_sealed, random_bytes
 from .cache import KeyCache, peek
 from .context import EncryptionContext
 from .envelope import FORMAT_VERSION, header_size, pack, unpack, wrapped_keys_of
-from .errors import ConfigurationError, DecryptionError, EnvelopeError, KeyringError
-from .keyrings.base import Keyring
+from .errors import (
+    ConfigurationError,
+    DecryptionError,
+    EnvelopeError,
+    MalformedEnvelopeError,
+)
+from .keyrings.base import Keyring, keyring_failure
 
 __all__ = ["Encryptor", "configure", "get_default_encryptor"]
 
@@ -133,13 +138,16 @@ class Encryptor:
         """
         ctx = EncryptionContext.of(context)
         cache = self._cache
+        if not cache.enabled:
+            return 0  # nothing would be kept for the decrypts that follow
         pending: dict[bytes, tuple[bytes, int]] = {}
         for envelope in envelopes:
             if envelope is None or len(pending) >= cache.maxsize:
                 continue
-            end = header_size(envelope)
-            if not end:
-                continue  # multi-key or malformed: decrypt() handles and reports it
+            try:
+                end = header_size(envelope) or unpack(envelope).header_size
+            except MalformedEnvelopeError:
+                continue  # decrypt() reports it, on its own row
             key = envelope[1:end]
             if key not in pending and cache.peek(key) is None:
                 pending[key] = (envelope, end)
@@ -192,7 +200,7 @@ class Encryptor:
         except EnvelopeError:
             raise
         except Exception as exc:
-            raise self._keyring_failure("generate a data key", exc).chain(exc) from exc
+            raise keyring_failure(self.keyring, "generate a data key", exc) from exc
         nonce = random_bytes(NONCE_SIZE)
         sealed = data_key_cipher(data_key.plaintext).encrypt(
             nonce, plaintext, _V1_AAD_PREFIX + context.canonical
@@ -222,15 +230,8 @@ class Encryptor:
         except EnvelopeError:
             raise
         except Exception as exc:
-            raise self._keyring_failure("unwrap a data key", exc).chain(exc) from exc
+            raise keyring_failure(self.keyring, "unwrap a data key", exc) from exc
         return data_key_cipher(data_key)
-
-    def _keyring_failure(self, action: str, exc: Exception) -> KeyringError:
-        # A third-party keyring that raises something of its own still fails
-        # closed, as a KeyringError that names the keyring and chains the cause.
-        return KeyringError(
-            f"{type(self.keyring).__name__} failed to {action}: {type(exc).__name__}"
-        )
 
 
 _default: Encryptor | None = None

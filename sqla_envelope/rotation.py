@@ -18,7 +18,7 @@ from .context import EncryptionContext
 from .encryptor import Encryptor, get_default_encryptor
 from .envelope import WrappedKey, pack, unpack
 from .errors import ConfigurationError, DecryptionError, MalformedEnvelopeError
-from .keyrings.base import Keyring
+from .keyrings.base import Keyring, call_keyring
 from .types import EncryptedType
 from .walk import SKIP, ColumnReport, Progress, Shard, walk_column
 
@@ -117,15 +117,20 @@ def rewrap_column(
         if stored is None:
             return SKIP
         envelope = unpack(load(stored))
-        if target.is_primary(envelope.wrapped_keys[0]):
+        keys = envelope.wrapped_keys
+        if call_keyring(target, "check a key", target.is_primary, keys[0]):
             return SKIP
         wrapped: tuple[WrappedKey, ...] | None = None
         if reencrypt_keys is not None:
             # KMS to KMS: ReEncrypt inside KMS, the data key never leaves it.
-            wrapped = reencrypt_keys(envelope.wrapped_keys, context)
+            wrapped = call_keyring(target, "re-encrypt a data key", reencrypt_keys, keys, context)
         if wrapped is None:
-            data_key = source.unwrap_data_key(envelope.wrapped_keys, context)
-            wrapped = target.wrap_data_key(data_key, context)
+            data_key = call_keyring(
+                source, "unwrap a data key", source.unwrap_data_key, keys, context
+            )
+            wrapped = call_keyring(
+                target, "wrap a data key", target.wrap_data_key, data_key, context
+            )
         return store(pack(wrapped, envelope.nonce, envelope.sealed))
 
     remote = getattr(source, "unwraps_remotely", False) or getattr(

@@ -209,3 +209,73 @@ def test_context_object_is_reused(key: Key, new_keyring: Callable[..., KmsKeyrin
         == parse_blob(second.wrapped_keys[0].blob).kms_ciphertext
     )
     assert first.plaintext != second.plaintext
+
+
+def test_decrypt_only_keys_read_values_after_the_alias_moved(
+    make_key: Callable[..., Key], new_keyring: Callable[..., KmsKeyring]
+) -> None:
+    old, new = make_key(), make_key()
+    before = Encryptor(new_keyring(old.arn)).encrypt(b"under the old key", USERS_SSN)
+    reader = Encryptor(new_keyring(new.arn, decrypt_key_ids=[old.arn]))
+    after = reader.encrypt(b"under the new key", USERS_SSN)
+    assert unpack_envelope(after).wrapped_keys[0].key_ref == new.arn  # writes use the primary only
+    assert reader.decrypt(before, USERS_SSN) == b"under the old key"
+    assert reader.decrypt(after, USERS_SSN) == b"under the new key"
+    assert new.arn in repr(reader.keyring) or new.arn == reader.keyring.key_id
+
+
+def test_reads_fail_over_to_a_replica_when_a_region_is_down(
+    make_key: Callable[..., Key], new_keyring: Callable[..., KmsKeyring], recorder: Recorder
+) -> None:
+    import json
+    import uuid
+
+    from botocore.awsrequest import AWSResponse
+
+    primary, replica = make_key(), make_key("us-west-2")
+    enc = Encryptor(new_keyring(primary.arn, additional_key_ids=[replica.arn], prefetch=0))
+    envelope = enc.encrypt(b"replicated", USERS_SSN)
+
+    class _Body:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def stream(self, **_: Any) -> Any:
+            yield self.data
+
+    def east_is_down(request: Any, **_: Any) -> Any:
+        if f"/{REGION}/kms/" in request.headers.get("Authorization", b"").decode():
+            body = json.dumps({"__type": "KMSInternalException", "message": "down"}).encode()
+            headers = {
+                "Content-Type": "application/x-amz-json-1.1",
+                "x-amzn-RequestId": str(uuid.uuid4()),
+            }
+            return AWSResponse(request.url, 500, headers, _Body(body))
+        return None
+
+    recorder.session.events.register_first("before-send.kms.Decrypt", east_is_down)
+    reader = Encryptor(new_keyring(primary.arn, additional_key_ids=[replica.arn], max_attempts=1))
+    assert reader.decrypt(envelope, USERS_SSN) == b"replicated"
+    regions = [p["KeyId"].split(":")[3] for p in recorder.params("Decrypt")]
+    assert regions[-2:] == [REGION, "us-west-2"]  # tried its own region first, then the replica
+
+
+def test_a_forked_child_gets_its_own_wrapping_key(
+    key: Key, new_keyring: Callable[..., KmsKeyring]
+) -> None:
+    import os
+
+    keyring = new_keyring(key.arn, mode="bounded_reuse")
+    enc = Encryptor(keyring)
+    enc.encrypt(b"parent", USERS_SSN)
+    assert keyring._wrapping
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, b"empty" if not keyring._wrapping else b"shared")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 10)
+    os.waitpid(pid, 0)
+    assert answer == b"empty"

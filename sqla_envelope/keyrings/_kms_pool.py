@@ -25,13 +25,14 @@ __all__ = ["DataKeyPool"]
 class _Lane:
     """The keys of one encryption context: ready ones, and how many are coming."""
 
-    __slots__ = ("context", "in_flight", "ready", "wanted")
+    __slots__ = ("active", "context", "in_flight", "ready", "wanted")
 
     def __init__(self, context: EncryptionContext) -> None:
         self.context = context
         self.ready: deque[tuple[float, DataKey]] = deque()
         self.in_flight = 0
         self.wanted = 0  # keys reserved and not yet taken
+        self.active = 0.0  # when a writer last reserved or took a key
 
 
 class DataKeyPool:
@@ -56,9 +57,11 @@ class DataKeyPool:
         size: int,
         workers: int,
         max_idle: float = 60.0,
+        stall: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._generate = generate
+        self.stall = stall
         self.size = size
         self.workers = workers
         self.max_idle = max_idle
@@ -77,7 +80,13 @@ class DataKeyPool:
         return lane
 
     def _top_up(self, lane: _Lane) -> int:
-        """How many more requests to start for ``lane``; call with the lock held."""
+        """How many more requests to start for ``lane``; call with the lock held.
+
+        A reservation whose writer stopped taking keys (its statement failed
+        half-way) lapses after ``stall`` seconds instead of filling the pool.
+        """
+        if self._clock() - lane.active > self.stall:
+            lane.wanted = 0
         missing = lane.wanted - len(lane.ready) - lane.in_flight
         count = max(0, min(missing, self.size - lane.in_flight))
         lane.in_flight += count
@@ -90,6 +99,7 @@ class DataKeyPool:
         with self._lock:
             lane = self._lane(context)
             lane.wanted += count
+            lane.active = self._clock()
             start = self._top_up(lane)
         self._schedule(lane, start)
 
@@ -108,6 +118,7 @@ class DataKeyPool:
                 lane.ready.popleft()  # stale: drop rather than keep keys in memory
             taken = lane.ready.popleft()[1] if lane.ready else None
             lane.wanted = max(0, lane.wanted - 1)
+            lane.active = now
             start = self._top_up(lane)
         self._schedule(lane, start)
         return taken if taken is not None else self._generate(context)

@@ -9,13 +9,16 @@ is left to do). Implement these four methods to plug in another key service
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from ..context import EncryptionContext
 from ..envelope import WrappedKey
+from ..errors import EnvelopeError, KeyringError
 
-__all__ = ["DataKey", "Keyring"]
+__all__ = ["DataKey", "Keyring", "call_keyring", "keyring_failure"]
+
+_T = TypeVar("_T")
 
 
 class DataKey(NamedTuple):
@@ -61,3 +64,24 @@ class Keyring(Protocol):
     def is_primary(self, wrapped_key: WrappedKey) -> bool:
         """True if ``wrapped_key`` is under this keyring's current primary key."""
         ...
+
+
+def keyring_failure(keyring: object, action: str, exc: Exception) -> KeyringError:
+    """A KeyringError for an exception of a keyring's own, chained so it survives SQLAlchemy.
+
+    A third-party keyring that raises something of its own still fails closed, as
+    a KeyringError that names the keyring; the message holds only its type name.
+    """
+    error = KeyringError(f"{type(keyring).__name__} failed to {action}: {type(exc).__name__}")
+    error.chain(exc)
+    return error
+
+
+def call_keyring(keyring: object, action: str, method: Callable[..., _T], *args: object) -> _T:
+    """Call a keyring method; anything but our own errors becomes a KeyringError."""
+    try:
+        return method(*args)
+    except EnvelopeError:
+        raise
+    except Exception as exc:
+        raise keyring_failure(keyring, action, exc) from exc

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, get_args
 
@@ -54,7 +57,15 @@ def _is_key_arn(key_id: str) -> bool:
 
 
 class KmsKeyring:
-    """AWS KMS keyring: a fresh data key from KMS for every value ("direct" mode).
+    """AWS KMS keyring: ``mode="direct"`` (a KMS data key per value) or ``"bounded_reuse"``.
+
+    In bounded reuse, a KMS-generated wrapping key per context wraps at most
+    ``max_rows`` values for at most ``max_age`` seconds; every value still has its
+    own random data key, wrapped locally with AES-SIV. Both modes read both
+    (docs/kms.md compares their cost and blast radius). In direct mode, multi-row
+    writes reserve their data keys and up to ``prefetch`` GenerateDataKey calls run
+    ahead on ``prefetch_workers`` threads. ``decrypt_key_ids`` are keys that only
+    unwrap (an alias's previous key after rotation); ``close()`` stops the workers.
 
     ``key_id`` is a key id, key ARN, alias name (``alias/app``) or alias ARN. New
     data keys come from ``GenerateDataKey`` under it and are also wrapped with
@@ -96,6 +107,7 @@ class KmsKeyring:
         client: KMSClient | None = None,
         region_name: str | None = None,
         additional_key_ids: Sequence[str] = (),
+        decrypt_key_ids: Sequence[str] = (),
         grant_tokens: Sequence[str] = (),
         endpoint_url: str | None = None,
         session: Session | None = None,
@@ -111,9 +123,11 @@ class KmsKeyring:
         prefetch_workers: int = 16,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if isinstance(additional_key_ids, str) or isinstance(grant_tokens, str):
-            raise ConfigurationError("additional_key_ids and grant_tokens take a list, not a str")
-        ids = (key_id, *additional_key_ids)
+        if any(isinstance(v, str) for v in (additional_key_ids, decrypt_key_ids, grant_tokens)):
+            raise ConfigurationError(
+                "additional_key_ids, decrypt_key_ids and grant_tokens take a list, not a str"
+            )
+        ids = (key_id, *additional_key_ids, *decrypt_key_ids)
         if not all(isinstance(k, str) and k and k.isascii() for k in ids):
             raise ConfigurationError("KMS key ids must be non-empty ASCII strings")
         if len(set(ids)) != len(ids):
@@ -137,6 +151,7 @@ class KmsKeyring:
             )
         self.key_id = key_id
         self.additional_key_ids = tuple(additional_key_ids)
+        self.decrypt_key_ids = tuple(decrypt_key_ids)
         self.region_name = region_name or client_region
         self.grant_tokens = tuple(grant_tokens)
         self._endpoint_url = endpoint_url
@@ -163,6 +178,8 @@ class KmsKeyring:
         self._wrapping_lock = threading.Lock()
         # bounded reuse, reading: unwrapped wrapping keys, one KMS Decrypt each
         self._unwrapped: KeyCache[LocalKeyWrapper] = KeyCache(10_000, self.max_age, clock=clock)
+        self._own_client = client
+        _KEYRINGS.add(self)
         # direct mode, writing: data keys generated ahead by worker threads
         self._pool = (
             DataKeyPool(self._generate_direct, size=prefetch, workers=prefetch_workers, clock=clock)
@@ -175,14 +192,20 @@ class KmsKeyring:
 
     @property
     def key_ids(self) -> tuple[str, ...]:
-        """The configured key ids, primary first."""
+        """The key ids new data keys are wrapped under, primary first."""
         return (self.key_id, *self.additional_key_ids)
+
+    @property
+    def readable_key_ids(self) -> tuple[str, ...]:
+        """Every key this keyring unwraps with, in the order it prefers them."""
+        return (*self.key_ids, *self.decrypt_key_ids)
 
     def __repr__(self) -> str:
         # Key ids and region only: never the clients, which hold credentials.
         return (
             f"KmsKeyring(key_id={self.key_id!r}, "
             f"additional_key_ids={list(self.additional_key_ids)!r}, "
+            f"decrypt_key_ids={list(self.decrypt_key_ids)!r}, "
             f"region_name={self.region_name!r}, mode={self.mode!r})"
         )
 
@@ -234,15 +257,29 @@ class KmsKeyring:
     def unwrap_data_key(
         self, wrapped_keys: Sequence[WrappedKey], context: EncryptionContext
     ) -> bytes:
-        chosen = self._choose(wrapped_keys)
-        if chosen is None:
-            refs = [key.key_ref for key in wrapped_keys]
-            held = [self._arns.get(k, k) for k in self.key_ids]
-            raise DecryptionError(
-                f"no key in this keyring can unwrap the data key: the value is under "
-                f"{refs!r}, the keyring holds {held!r}"
-            )
-        key_ref, blob = chosen
+        """Unwrap the copy under the first key held, falling over to the next on an outage.
+
+        Copies are chosen by key reference, in the keyring's order (primary,
+        additional, decrypt-only), never by trial decryption. A KeyringError (a
+        region down, throttling) moves on to the next held copy of the same data
+        key; a DecryptionError (altered, wrong context) stops at once.
+        """
+        first_error: KeyringError | None = None
+        for key_ref, blob in self._candidates(wrapped_keys):
+            try:
+                return self._unwrap_copy(key_ref, blob, context)
+            except KeyringError as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+        refs = [key.key_ref for key in wrapped_keys]
+        held = [self._arns.get(k, k) for k in self.readable_key_ids]
+        raise DecryptionError(
+            f"no key in this keyring can unwrap the data key: the value is under "
+            f"{refs!r}, the keyring holds {held!r}"
+        )
+
+    def _unwrap_copy(self, key_ref: str, blob: bytes, context: EncryptionContext) -> bytes:
         mode, kms_ciphertext, local_wrap = parse_blob(blob)
         if mode == DIRECT:
             return self._decrypt(key_ref, kms_ciphertext, context)
@@ -398,19 +435,21 @@ class KmsKeyring:
         blob = response["CiphertextBlob"]
         return WrappedKey(response["KeyId"], blob if raw else direct_blob(blob))
 
-    def _choose(self, wrapped_keys: Sequence[WrappedKey]) -> WrappedKey | None:
-        """The copy under the first held key that has one, primary first.
+    def _candidates(self, wrapped_keys: Sequence[WrappedKey]) -> list[WrappedKey]:
+        """The copies under keys held here, in the keyring's order of preference.
 
         In key order even when a later key is known and an earlier one needs a
-        DescribeKey: a reader must use its own region's key, not a replica far away.
-        Chosen by key reference only: Decrypt is never tried under several keys.
+        DescribeKey: a reader must use its own region's key, not a replica far
+        away. A key whose alias cannot be resolved now (its region is down) is
+        passed over, so its replica can still serve.
         """
-        for held in self.key_ids:
-            arn = self._resolve(held)
-            for wrapped in wrapped_keys:
-                if wrapped.key_ref in (held, arn):
-                    return wrapped
-        return None
+        found: list[WrappedKey] = []
+        for held in self.readable_key_ids:
+            names = {held}
+            with contextlib.suppress(KeyringError):  # unresolvable now: try the rest
+                names.add(self._resolve(held))
+            found.extend(w for w in wrapped_keys if w.key_ref in names and w not in found)
+        return found
 
     def _resolve(self, key_id: str) -> str:
         """The key ARN behind ``key_id``, asking DescribeKey once if no answer taught it."""
@@ -479,3 +518,25 @@ class KmsKeyring:
             read_timeout=read,
             max_pool_connections=pool,
         )
+
+
+_KEYRINGS: weakref.WeakSet[KmsKeyring] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    """After os.fork(): the child must not share wrapping keys or connections.
+
+    A wrapping key shared by parent and child would serve up to twice max_rows
+    values, and boto3's connection pools are not safe across a fork. Clients the
+    user passed in are kept; the ones the keyring built are rebuilt on first use.
+    """
+    for keyring in list(_KEYRINGS):
+        keyring._wrapping = {}
+        keyring._wrapping_lock = threading.Lock()
+        keyring._client_lock = threading.Lock()
+        own = keyring._own_client
+        keyring._clients = {own.meta.region_name: own} if own is not None else {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
