@@ -37,8 +37,9 @@ class _Flight:
 class KeyCache(Generic[V]):
     """A thread-safe LRU cache whose entries expire ``ttl`` seconds after loading.
 
-    Why not ``cachetools.TTLCache``: its pure-Python linked lists cost 3 to 5 µs a
-    get or set here, more than the AES work per value. This cache is an
+    Why not ``cachetools.TTLCache``: on a cold read every value is a miss and an
+    insert, and there its pure-Python linked lists cost 4 to 7 µs against 2 to 3
+    here (bench/micro.py; a hit costs about the same in both). This cache is an
     ``OrderedDict`` used only through single C-level operations (get, set,
     move_to_end, popitem, dict.setdefault), each atomic under the GIL, so neither
     a hit nor a miss takes a lock, and the counters are ``itertools.count``.
