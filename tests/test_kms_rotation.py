@@ -1,0 +1,135 @@
+"""rewrap with KMS: ReEncrypt inside KMS, so the data key never reaches the application."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from kms_server import (  # noqa: F401 - pytest fixtures
+    REGION,
+    Key,
+    Recorder,
+    aws_env_fixture,
+    kms_endpoint_fixture,
+    make_key_fixture,
+    recorder_fixture,
+)
+
+import sqla_envelope
+from sqla_envelope import (
+    EncryptedType,
+    Encryptor,
+    KeyringError,
+    KmsKeyring,
+    LocalKeyring,
+    rewrap,
+    unpack_envelope,
+)
+from sqla_envelope.rotation import rewrap_column
+
+pytestmark = pytest.mark.usefixtures("aws_env")
+
+
+@pytest.fixture
+def new_keyring(recorder: Recorder, kms_endpoint: str) -> Callable[..., KmsKeyring]:
+    def build(key_id: str, **kwargs: Any) -> KmsKeyring:
+        kwargs.setdefault("region_name", REGION)
+        kwargs.setdefault("endpoint_url", kms_endpoint)
+        kwargs.setdefault("max_attempts", 1)
+        kwargs.setdefault("prefetch", 0)
+        return KmsKeyring(key_id, session=recorder.session, **kwargs)
+
+    return build
+
+
+@pytest.fixture
+def table(tmp_path: Any) -> tuple[sa.Engine, sa.Table]:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'kms-rotation.db'}")
+    md = sa.MetaData()
+    accounts = sa.Table(
+        "accounts",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("token", EncryptedType(sa.String)),
+    )
+    md.create_all(engine)
+    return engine, accounts
+
+
+def _key_refs(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT token FROM accounts ORDER BY id")).scalars().all()
+    return [unpack_envelope(bytes(v)).wrapped_keys[0].key_ref for v in stored]
+
+
+def test_kms_to_kms_rewrap_uses_reencrypt(
+    make_key: Callable[..., Key],
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    table: tuple[sa.Engine, sa.Table],
+) -> None:
+    engine, accounts = table
+    old, new = make_key(), make_key()
+    sqla_envelope.configure(Encryptor(new_keyring(old.arn)))
+    with engine.begin() as conn:
+        conn.execute(accounts.insert(), [{"id": i, "token": f"tok-{i}"} for i in range(12)])
+    recorder.clear()
+    changed = rewrap(engine, accounts.c.token, new_keyring(new.arn), batch_size=5)
+    assert changed == 12
+    ops = recorder.operations()
+    assert ops.count("ReEncrypt") == 12
+    assert "Decrypt" not in ops and "Encrypt" not in ops and "GenerateDataKey" not in ops
+    for params in recorder.params("ReEncrypt"):
+        assert params["SourceEncryptionContext"] == {"table": "accounts", "column": "token"}
+        assert params["DestinationKeyId"] == new.arn
+    assert set(_key_refs(engine)) == {new.arn}
+    sqla_envelope.configure(Encryptor(new_keyring(new.arn)))
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(accounts.c.token)).scalars()) == sorted(
+            f"tok-{i}" for i in range(12)
+        )
+    assert rewrap(engine, accounts.c.token, new_keyring(new.arn)) == 0  # idempotent
+
+
+def test_local_to_kms_rewrap_unwraps_locally_and_wraps_in_kms(
+    key: Any,
+    make_key: Callable[..., Key],
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    table: tuple[sa.Engine, sa.Table],
+) -> None:
+    engine, accounts = table
+    local = LocalKeyring.generate()
+    sqla_envelope.configure(Encryptor(local))
+    with engine.begin() as conn:
+        conn.execute(accounts.insert(), [{"id": i, "token": f"tok-{i}"} for i in range(5)])
+    target = make_key()
+    assert rewrap(engine, accounts.c.token, new_keyring(target.arn)) == 5
+    assert recorder.operations().count("Encrypt") == 5
+    assert set(_key_refs(engine)) == {target.arn}
+
+
+def test_a_kms_outage_during_rewrap_stops_cleanly(
+    make_key: Callable[..., Key],
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    table: tuple[sa.Engine, sa.Table],
+) -> None:
+    engine, accounts = table
+    old, new = make_key(), make_key()
+    sqla_envelope.configure(Encryptor(new_keyring(old.arn)))
+    with engine.begin() as conn:
+        conn.execute(accounts.insert(), [{"id": i, "token": f"tok-{i}"} for i in range(10)])
+    recorder.fail("ReEncrypt", "KMSInternalException", 500)
+    with pytest.raises(KeyringError):
+        rewrap_column(engine, accounts.c.token, new_keyring(new.arn), batch_size=4, workers=1)
+    assert set(_key_refs(engine)) == {old.arn}  # nothing half-written
+    recorder.failures.clear()
+    assert rewrap(engine, accounts.c.token, new_keyring(new.arn), batch_size=4) == 10
+
+
+@pytest.fixture
+def key(make_key: Callable[..., Key]) -> Key:
+    return make_key()
