@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from time import perf_counter
+from typing import Any, Literal
 
 from .aead import NONCE_SIZE, data_key_cipher, open_sealed, random_bytes
+from .audit import KeyEvent, Listener
 from .cache import KeyCache, peek
 from .context import EncryptionContext
 from .envelope import FORMAT_VERSION, header_size, pack, unpack, wrapped_keys_of
@@ -30,6 +33,12 @@ __all__ = ["Encryptor", "configure", "get_default_encryptor"]
 # one yields a data key that fails this tag.
 _V1_AAD_PREFIX = bytes((FORMAT_VERSION,))
 
+log = logging.getLogger("sqla_envelope")
+
+
+def _first_key_ref(envelope: bytes) -> str:
+    return envelope[3 : 3 + envelope[2]].decode("ascii", "replace")
+
 
 class Encryptor:
     """Encrypts each value under its own data key; decrypts through a TTL key cache.
@@ -48,6 +57,7 @@ class Encryptor:
         cache_size: int = 10_000,
         max_workers: int = 16,
         prefetch: bool | None = None,
+        listeners: Iterable[Listener] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(keyring, Keyring):
@@ -70,6 +80,7 @@ class Encryptor:
         self.prefetch = (
             bool(getattr(keyring, "unwraps_remotely", False)) if prefetch is None else prefetch
         )
+        self._listeners: tuple[Listener, ...] = tuple(listeners)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_pid = 0
         self._executor_lock = threading.Lock()
@@ -195,12 +206,17 @@ class Encryptor:
     def seal(self, plaintext: bytes, context: EncryptionContext) -> bytes:
         """``encrypt`` for a context already in canonical form (what columns use)."""
         next(self._wraps)
+        started = perf_counter() if self._listeners else 0.0
         try:
             data_key = self.keyring.generate_data_key(context)
-        except EnvelopeError:
-            raise
         except Exception as exc:
+            if self._listeners:
+                self._emit("wrap", context, "", False, started, exc)
+            if isinstance(exc, EnvelopeError):
+                raise
             raise keyring_failure(self.keyring, "generate a data key", exc) from exc
+        if self._listeners:
+            self._emit("wrap", context, data_key.wrapped_keys[0].key_ref, False, started)
         nonce = random_bytes(NONCE_SIZE)
         sealed = data_key_cipher(data_key.plaintext).encrypt(
             nonce, plaintext, _V1_AAD_PREFIX + context.canonical
@@ -214,7 +230,11 @@ class Encryptor:
         # changed byte there misses the cache and goes back to the keyring.
         key = envelope[1:end]
         cache = self._cache
-        cipher = cache.get(key) or cache.load(key, self._unwrap, envelope, end, context)
+        cipher = cache.get(key)
+        if cipher is None:
+            cipher = cache.load(key, self._unwrap, envelope, end, context)
+        elif self._listeners:
+            self._emit("unwrap", context, _first_key_ref(envelope), True, 0.0)
         return open_sealed(
             cipher,
             envelope[end : end + NONCE_SIZE],
@@ -225,13 +245,52 @@ class Encryptor:
     def _unwrap(self, envelope: bytes, end: int, context: EncryptionContext) -> object:
         wrapped_keys = wrapped_keys_of(envelope, end)
         next(self._unwraps)
+        started = perf_counter() if self._listeners else 0.0
         try:
             data_key = self.keyring.unwrap_data_key(wrapped_keys, context)
-        except EnvelopeError:
-            raise
         except Exception as exc:
+            if self._listeners:
+                self._emit("unwrap", context, wrapped_keys[0].key_ref, False, started, exc)
+            if isinstance(exc, EnvelopeError):
+                raise
             raise keyring_failure(self.keyring, "unwrap a data key", exc) from exc
+        if self._listeners:
+            self._emit("unwrap", context, wrapped_keys[0].key_ref, False, started)
         return data_key_cipher(data_key)
+
+    # -- audit events -------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with a KeyEvent for every wrap and unwrap (sqla_envelope.audit)."""
+        self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners = tuple(fn for fn in self._listeners if fn is not listener)
+
+    def _emit(
+        self,
+        operation: Literal["wrap", "unwrap"],
+        context: EncryptionContext,
+        key_ref: str,
+        cache_hit: bool,
+        started: float,
+        error: BaseException | None = None,
+    ) -> None:
+        event = KeyEvent(
+            operation,
+            context,
+            key_ref,
+            getattr(self.keyring, "mode", "custom"),
+            cache_hit,
+            perf_counter() - started if started else 0.0,
+            type(error).__name__ if error is not None else None,
+        )
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                # A broken exporter must not fail reads and writes; say so loudly.
+                log.exception("sqla_envelope audit listener %r failed", listener)
 
 
 _default: Encryptor | None = None

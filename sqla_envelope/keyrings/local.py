@@ -43,6 +43,8 @@ class LocalKeyring:
     ``ConfigurationError`` for a key that is not 32 bytes or an unknown primary.
     """
 
+    mode = "local"  # the cost mode audit events report: no key service involved
+
     def __init__(self, keys: Mapping[str, bytes], primary: str | None = None) -> None:
         if not keys:
             raise ConfigurationError("a LocalKeyring needs at least one master key")
