@@ -145,7 +145,9 @@ class EncryptedType(TypeDecorator[Any]):
             if self.storage == "base64":
                 return dialect.type_descriptor(mysql.TEXT() if small else mysql.LONGTEXT())
             return dialect.type_descriptor(mysql.BLOB() if small else mysql.LONGBLOB())
-        return dialect.type_descriptor(self.impl_instance)
+        # Not type_descriptor(): on PostgreSQL that turns Text into a length-less
+        # VARCHAR, and autogenerate then sees a type change against TEXT columns.
+        return self.impl_instance
 
     @property
     def codec(self) -> Codec:

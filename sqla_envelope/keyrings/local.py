@@ -84,6 +84,15 @@ class LocalKeyring:
             raise ConfigurationError(f"key id {fresh.primary!r} is already in the keyring")
         return LocalKeyring({**self._keys, **fresh._keys}, primary=fresh.primary)
 
+    def with_primary(self, key_id: str) -> LocalKeyring:
+        """A copy whose primary is ``key_id``, a key this keyring already holds.
+
+        Undoing a rotation: make the previous key primary again, then ``rewrap``.
+        """
+        if key_id not in self._keys:
+            raise ConfigurationError(f"key {key_id!r} is not in the keyring")
+        return LocalKeyring(self._keys, primary=key_id)
+
     @property
     def key_ids(self) -> tuple[str, ...]:
         return tuple(self._keys)
