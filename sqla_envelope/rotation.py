@@ -261,7 +261,7 @@ def verify(
             decode(encryptor.open(load(stored), context))
         return SKIP
 
-    report = ColumnReport(table.fullname, col.name, dry_run=True)
+    report = ColumnReport(table.fullname, col.name, dry_run=True, operation="verify")
     return walk_column(
         bind, table, [col], [col], col, transform, report,
         batch_size=batch_size, dry_run=True, shard=shard, progress=progress,

@@ -35,6 +35,7 @@ class ColumnReport:
     table: str
     column: str
     dry_run: bool = False
+    operation: str = ""
     examined: int = 0
     changed: int = 0
     skipped: int = 0
@@ -47,6 +48,11 @@ class ColumnReport:
         return len(self.failures)
 
     def summary(self) -> str:
+        if self.operation == "verify":
+            return (
+                f"{self.table}.{self.column}: {self.examined} examined, "
+                f"{self.examined - self.failed} decrypt, {self.failed} failed"
+            )
         verb = "would change" if self.dry_run else "changed"
         return (
             f"{self.table}.{self.column}: {self.examined} examined, {self.changed} {verb}, "
