@@ -136,3 +136,17 @@ def test_unwrap_refuses_a_wrapped_key_of_the_wrong_size() -> None:
     keyring = LocalKeyring({"a": KEY_A})
     with pytest.raises(DecryptionError):
         keyring.unwrap_data_key([WrappedKey("a", b"\x00" * 10)], CTX)
+
+
+def test_without_drops_a_retired_key_but_never_the_primary() -> None:
+    keyring = LocalKeyring({"a": KEY_A, "b": KEY_B}, primary="b")
+    old_value = Encryptor(LocalKeyring({"a": KEY_A})).encrypt(b"v", CTX)
+    retired = keyring.without("a")
+    assert retired.key_ids == ("b",) and retired.primary == "b"
+    with pytest.raises(DecryptionError):
+        Encryptor(retired).decrypt(old_value, CTX)
+    with pytest.raises(ConfigurationError, match="primary"):
+        keyring.without("b")
+    with pytest.raises(ConfigurationError):
+        keyring.without("zz")
+    assert keyring.with_primary("a").primary == "a"

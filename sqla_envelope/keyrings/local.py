@@ -93,6 +93,20 @@ class LocalKeyring:
             raise ConfigurationError(f"key {key_id!r} is not in the keyring")
         return LocalKeyring(self._keys, primary=key_id)
 
+    def without(self, key_id: str) -> LocalKeyring:
+        """A copy without ``key_id``: the last step of a rotation, once no value uses it.
+
+        Values still under that key can no longer be read, so check first (plain
+        SQL on the key reference, docs/format.md). The primary cannot be removed.
+        """
+        if key_id == self.primary:
+            raise ConfigurationError(
+                f"key {key_id!r} is the primary; make another key primary first"
+            )
+        if key_id not in self._keys:
+            raise ConfigurationError(f"key {key_id!r} is not in the keyring")
+        return LocalKeyring({k: v for k, v in self._keys.items() if k != key_id}, self.primary)
+
     @property
     def key_ids(self) -> tuple[str, ...]:
         return tuple(self._keys)
