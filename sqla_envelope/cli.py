@@ -1,7 +1,9 @@
-"""The ``sqla-envelope`` command: a demo, local key files, and envelope inspection.
+"""The ``sqla-envelope`` command: a demo, local key files, envelope inspection.
 
-Errors from the library or the file system end as one line on stderr and exit
-code 1; usage errors exit 2, as argparse does. Nothing here prints key bytes.
+The column commands (rewrap, reencrypt, encrypt-column, decrypt-column, verify)
+live in cli_ops.py. Errors from the library or the file system end as one line
+on stderr and exit code 1; usage errors exit 2, as argparse does. Nothing here
+prints key bytes.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError
 
 from . import demo
+from .cli_job import PROG, describe, fail
+from .cli_ops import add_commands
 from .envelope import TAG_SIZE, Envelope, unpack
 from .errors import EnvelopeError, MalformedEnvelopeError
 from .keyrings.local import LocalKeyring
 
 __all__ = ["decode_value", "main"]
 
-PROG = "sqla-envelope"
 _ONE_SSN = "SELECT ssn FROM users LIMIT 1"
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
 
@@ -48,21 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (EnvelopeError, OSError, DBAPIError) as exc:
-        return _fail(_describe(exc), 1)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    return code
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
-        return f"{exc.filename}: {exc.strerror}"
-    if isinstance(exc, DBAPIError):
-        # The driver's own message; str(exc) would quote the statement and parameters.
-        return f"database: {exc.orig}"
-    return str(exc)
+        return fail(describe(exc), 1)
 
 
 # -- demo ---------------------------------------------------------------------------
@@ -81,7 +70,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_keys_generate(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.exists() and not args.force:
-        return _fail(f"{path} already exists; pass --force to replace it and lose its keys", 2)
+        return fail(f"{path} already exists; pass --force to replace it and lose its keys", 2)
     keyring = LocalKeyring.generate(args.key_id)
     _write(keyring, path)
     print(f"Wrote {path} (mode 0600) with one key, id {keyring.primary}")
@@ -96,8 +85,9 @@ def _cmd_keys_add(args: argparse.Namespace) -> int:
     print(f"Added key {keyring.primary} to {path}; it is now the primary key.")
     print(
         f"New values are encrypted under {keyring.primary}. Values written before stay under "
-        f"{', '.join(old.key_ids)}\nand still decrypt; rewrap them with sqla_envelope.rewrap, "
-        "then remove the old key."
+        f"{', '.join(old.key_ids)}\nand still decrypt; move them to the new key with\n"
+        f"  {PROG} rewrap --url URL --table TABLE --column COLUMN "
+        f"--key-file {path} --to-key-file {path}\nthen remove the old key."
     )
     return 0
 
@@ -177,8 +167,11 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         formatter_class=formatter,
         description="Row-level envelope encryption for SQLAlchemy: try it, manage local "
-        "key files,\nand look inside stored values.",
-        epilog=f"examples:\n  {PROG} demo\n  {PROG} keys generate app.keys.json\n\n"
+        "key files,\nlook inside stored values, and encrypt, rotate and verify the columns "
+        "of a\ndatabase.",
+        epilog=f"examples:\n  {PROG} demo\n  {PROG} keys generate app.keys.json\n"
+        f"  {PROG} rewrap --url $URL --table patients --column ssn \\\n"
+        "      --key-file app.keys.json --to-key-file app.keys.json\n\n"
         f"Run '{PROG} COMMAND --help' for the options of a command.",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -222,6 +215,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     inspect_parser.add_argument("value", metavar="VALUE", help="the stored value, hex or base64")
     inspect_parser.set_defaults(handler=_cmd_inspect)
+    add_commands(commands, formatter)
     return parser
 
 

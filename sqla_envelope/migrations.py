@@ -21,6 +21,7 @@ from .rotation import (
     encrypted_column,
     envelope_to_stored,
     stored_to_envelope,
+    worker_count,
 )
 from .types import EncryptedType
 from .walk import SKIP, ColumnReport, Progress, Shard, walk_column
@@ -64,6 +65,7 @@ def encrypt_column(
     strict: bool = True,
     shard: Shard | None = None,
     start_after: Any = None,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> ColumnReport:
     """Encrypt the plaintext of an EncryptedType ``column``, without losing a row.
@@ -126,6 +128,7 @@ def encrypt_column(
         bind, table, read, guard, col, transform, report,
         batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
         start_after=as_key(start_after), progress=progress,
+        workers=worker_count(workers, encryptor.keyring),
     )  # fmt: skip
 
 
@@ -139,6 +142,7 @@ def decrypt_column(
     strict: bool = True,
     shard: Shard | None = None,
     start_after: Any = None,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> ColumnReport:
     """Decrypt an EncryptedType ``column`` back to plaintext: the way back out.
@@ -192,6 +196,7 @@ def decrypt_column(
         bind, table, read, guard, write, transform, report,
         batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
         start_after=as_key(start_after), progress=progress,
+        workers=worker_count(workers, encryptor.keyring),
     )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "rewrap_column",
     "stored_to_envelope",
     "verify",
+    "worker_count",
 ]
 
 Bind = Engine | Connection
@@ -133,9 +134,6 @@ def rewrap_column(
             )
         return store(pack(wrapped, envelope.nonce, envelope.sealed))
 
-    remote = getattr(source, "unwraps_remotely", False) or getattr(
-        target, "unwraps_remotely", False
-    )
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
     return walk_column(
         bind,
@@ -150,7 +148,7 @@ def rewrap_column(
         strict=strict,
         shard=shard,
         start_after=as_key(start_after),
-        workers=workers or (16 if remote else 1),
+        workers=worker_count(workers, source, target),
         progress=progress,
     )
 
@@ -185,6 +183,7 @@ def reencrypt(
     strict: bool = True,
     shard: Shard | None = None,
     start_after: Any = None,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> ColumnReport:
     """Decrypt every value and encrypt it again under a fresh data key.
@@ -232,6 +231,7 @@ def reencrypt(
         strict=strict,
         shard=shard,
         start_after=as_key(start_after),
+        workers=worker_count(workers, source.keyring, target.keyring),
         progress=progress,
     )
 
@@ -241,7 +241,10 @@ def verify(
     column: Any,
     *,
     batch_size: int = 1000,
+    strict: bool = False,
     shard: Shard | None = None,
+    start_after: Any = None,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> ColumnReport:
     """Decrypt every value of ``column``; the report lists the primary keys that fail and why.
@@ -264,8 +267,17 @@ def verify(
     report = ColumnReport(table.fullname, col.name, dry_run=True, operation="verify")
     return walk_column(
         bind, table, [col], [col], col, transform, report,
-        batch_size=batch_size, dry_run=True, shard=shard, progress=progress,
+        batch_size=batch_size, dry_run=True, strict=strict, shard=shard,
+        start_after=as_key(start_after), workers=worker_count(workers, encryptor.keyring),
+        progress=progress,
     )  # fmt: skip
+
+
+def worker_count(workers: int | None, *keyrings: object) -> int:
+    """Threads per batch: as asked, else 16 when a keyring waits on a network (KMS), else 1."""
+    if workers is not None:
+        return max(1, workers)
+    return 16 if any(getattr(k, "unwraps_remotely", False) for k in keyrings) else 1
 
 
 def as_key(start_after: Any) -> tuple[Any, ...] | None:

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import ConfigurationError, DecryptionError
+from .errors import ConfigurationError, DecryptionError, InvalidValueError
 
 __all__ = ["SKIP", "ColumnReport", "Shard", "count_rows", "raw_type", "walk_column"]
 
@@ -26,6 +26,9 @@ log = logging.getLogger("sqla_envelope.walk")
 
 # What a transform returns for a row that needs no change.
 SKIP = object()
+# Errors that concern one row (its value cannot be read or written): recorded
+# against its primary key, and the run goes on unless it is strict.
+_ROW_ERRORS = (DecryptionError, InvalidValueError)
 
 
 @dataclass
@@ -49,9 +52,10 @@ class ColumnReport:
 
     def summary(self) -> str:
         if self.operation == "verify":
+            fine = self.examined - self.failed  # NULLs included: nothing to decrypt is fine
             return (
-                f"{self.table}.{self.column}: {self.examined} examined, "
-                f"{self.examined - self.failed} decrypt, {self.failed} failed"
+                f"{self.table}.{self.column}: {self.examined} examined, {fine} fine, "
+                f"{self.failed} failed"
             )
         verb = "would change" if self.dry_run else "changed"
         return (
@@ -170,9 +174,10 @@ def walk_column(
     new stored value of ``write``, or ``SKIP``. ``guard`` must be the first
     columns of ``read``: the UPDATE matches the primary key and each guard's value
     as read (NULL-safe), so a concurrent change wins and counts as a conflict.
-    A DecryptionError from ``transform`` is recorded against the row's primary
-    key (or raised with ``strict``); any other error stops the run after rolling
-    back the current batch; the batches before it stay committed.
+    A DecryptionError or InvalidValueError from ``transform`` is recorded against
+    the row's primary key (or raised with ``strict``, naming the key); any other
+    error stops the run after rolling back the current batch; the batches before
+    it stay committed.
     """
     if batch_size < 1:
         raise ConfigurationError("batch_size must be at least 1")
@@ -231,9 +236,9 @@ def walk_column(
                 for row, outcome in zip(rows, outcomes, strict=True):
                     keys = tuple(row[: len(pk)])
                     report.examined += 1
-                    if isinstance(outcome, DecryptionError):
+                    if isinstance(outcome, _ROW_ERRORS):
                         if strict:
-                            raise outcome
+                            raise type(outcome)(f"row {keys!r}: {outcome}") from outcome
                         report.failures.append((keys, str(outcome)))
                         log.warning(
                             "row %r of %s cannot be processed: %s", keys, table.fullname, outcome
@@ -256,7 +261,7 @@ def walk_column(
                 elif params:
                     report.changed += len(params)
                 last = tuple(rows[-1][: len(pk)])
-                report.last_key = last
+            report.last_key = last  # only once the batch has committed: a safe resume point
             if progress is not None:
                 progress(report)
     finally:
@@ -271,7 +276,7 @@ def _apply(
     def safe(row: tuple[Any, ...]) -> Any:
         try:
             return transform(row)
-        except DecryptionError as exc:
+        except _ROW_ERRORS as exc:
             return exc
 
     if pool is None:

@@ -1,0 +1,372 @@
+"""The column commands of ``sqla-envelope``: rewrap, reencrypt, encrypt/decrypt-column, verify.
+
+Each handler picks its keys and the logical type of its column, then hands the
+rotation or migration function to a Job (cli_job.py), which reflects the table,
+shows progress and turns the report into the exit code: 0 when every row was
+fine, 1 when a row failed or an error stopped the run, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from .cli_job import EXAMPLE_URL as _URL
+from .cli_job import LOGICAL, PROG, EitherKeyring, Job, UsageError, describe, fail, json_context
+from .errors import EnvelopeError
+from .keyrings.base import Keyring
+from .migrations import decrypt_column, encrypt_column
+from .rotation import reencrypt, rewrap_column, verify
+
+__all__ = ["add_commands"]
+
+_IN_PLACE = ("string", "binary", "json")
+
+
+def _readers(job: Job, command: str) -> Keyring:
+    keyring = job.keyring(job.args.key_file, job.args.kms_key_id)
+    if keyring is None:
+        raise UsageError(
+            f"{command} needs the keys that read the values: pass --key-file PATH or "
+            "--kms-key-id ID (or both)"
+        )
+    return keyring
+
+
+def _target(job: Job, command: str, source: Keyring, *, required: bool) -> Keyring | None:
+    target = job.keyring(job.args.to_key_file, job.args.to_kms_key_id)
+    if target is None and required:
+        raise UsageError(
+            f"{command} needs the key to write under: pass --to-key-file PATH (after 'keys "
+            "add', the same key file) or --to-kms-key-id ID"
+        )
+    if isinstance(target or source, EitherKeyring):
+        raise UsageError(f"{command} writes under one key: pass --to-key-file or --to-kms-key-id")
+    return target
+
+
+def _logical(job: Job, plain: str | None, default: str) -> object:
+    """--logical, else the reflected type of the plaintext column, else ``default``."""
+    name = job.args.logical
+    if plain is None and name is not None and name not in _IN_PLACE:
+        raise UsageError(
+            f"--logical {name} values cannot be changed in place: pass a plaintext column "
+            "(--from-column, --to-column)"
+        )
+    if name is not None:
+        return LOGICAL[name]
+    return job.column(plain).type if plain is not None else LOGICAL[default]
+
+
+# -- the commands -----------------------------------------------------------------------
+
+
+def _cmd_rewrap(job: Job) -> int:
+    source = _readers(job, "rewrap")
+    target = _target(job, "rewrap", source, required=True)
+    assert target is not None
+    job.connect()
+    table, col, _ = job.build(sa.LargeBinary, job.encryptor(source))
+    return job.run(
+        "rewrap", table, col, lambda d: rewrap_column(job.engine, col, target, **job.options(d))
+    )
+
+
+def _cmd_reencrypt(job: Job) -> int:
+    source = _readers(job, "reencrypt")
+    target = _target(job, "reencrypt", source, required=False)
+    to = job.encryptor(target) if target is not None else None
+    previous = json_context(job.args.from_context, "--from-context")
+    job.connect()
+    table, col, _ = job.build(sa.LargeBinary, job.encryptor(source))
+    return job.run(
+        "reencrypt", table, col,
+        lambda d: reencrypt(job.engine, col, to=to, from_context=previous, **job.options(d)),
+    )  # fmt: skip
+
+
+def _cmd_encrypt_column(job: Job) -> int:
+    writer = job.keyring(job.args.key_file, job.args.kms_key_id)
+    if writer is None or isinstance(writer, EitherKeyring):
+        raise UsageError("encrypt-column encrypts under one key: pass --key-file or --kms-key-id")
+    job.connect()
+    source = job.args.from_column
+    logical = _logical(job, source, "string")
+    table, col, plain = job.build(logical, job.encryptor(writer), source)
+    return job.run(
+        "encrypt-column", table, col,
+        lambda d: encrypt_column(job.engine, col, source=plain, **job.options(d)),
+    )  # fmt: skip
+
+
+def _cmd_decrypt_column(job: Job) -> int:
+    reader = _readers(job, "decrypt-column")
+    job.connect()
+    target = job.args.to_column
+    table, col, plain = job.build(_logical(job, target, "string"), job.encryptor(reader), target)
+    return job.run(
+        "decrypt-column", table, col,
+        lambda d: decrypt_column(job.engine, col, target=plain, **job.options(d)),
+    )  # fmt: skip
+
+
+def _cmd_verify(job: Job) -> int:
+    reader = _readers(job, "verify")
+    job.connect()
+    table, col, _ = job.build(LOGICAL[job.args.logical or "binary"], job.encryptor(reader))
+    return job.run(
+        "verify", table, col, lambda d: verify(job.engine, col, **job.options(d, writes=False))
+    )
+
+
+def _handler(command: Callable[[Job], int]) -> Callable[[argparse.Namespace], int]:
+    def handle(args: argparse.Namespace) -> int:
+        try:
+            with contextlib.ExitStack() as stack:
+                return command(Job(args, stack))
+        except UsageError as exc:
+            return fail(str(exc), 2)
+        except (EnvelopeError, SQLAlchemyError) as exc:
+            return fail(describe(exc), 1)
+
+    return handle
+
+
+# -- the parsers --------------------------------------------------------------------------
+
+_ALL = "--url $URL --table patients --column ssn"
+_EXIT = (
+    "Exit code 0 when every row was fine, 1 when a row failed or an error stopped the\n"
+    "run (the command to resume is printed), 2 for usage errors. Prints primary keys\n"
+    "and reasons, never values or keys."
+)
+_BATCHES = (
+    "Works in batches of --batch-size rows, one transaction each, and never overwrites\n"
+    "a row the application changed meanwhile (it is counted, and left for the next\n"
+    "run). --shard I/N splits the work between N processes; --start-after resumes\n"
+    "after a primary key."
+)
+
+
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    formatter: type[argparse.HelpFormatter],
+) -> None:
+    """Add the five column commands to the ``sqla-envelope`` parser."""
+
+    def command(
+        name: str, handler: Callable[[Job], int], help: str, description: str, epilog: str
+    ) -> argparse.ArgumentParser:
+        parser = commands.add_parser(
+            name, formatter_class=formatter, help=help, description=description, epilog=epilog
+        )
+        parser.set_defaults(handler=_handler(handler))
+        return parser
+
+    rewrap = command(
+        "rewrap",
+        _cmd_rewrap,
+        help="re-wrap every value's data key under a new master key (key rotation)",
+        description="Re-wrap the data key of every value of a column under the primary key of "
+        "the\ntarget keyring. The ciphertext is untouched (only the wrapped key changes),\nso "
+        "it is cheap and safe on a live table. Values already under the target are\nskipped, "
+        f"so a stopped run is simply run again.\n\n{_BATCHES}\n\n{_EXIT}",
+        epilog=f"examples:\n  URL={_URL}\n"
+        f"  # after '{PROG} keys add app.keys.json': move every value to the new primary key\n"
+        f"  {PROG} rewrap {_ALL} \\\n      --key-file app.keys.json --to-key-file app.keys.json\n"
+        "  # from a key file to AWS KMS, two processes sharing the table\n"
+        f"  {PROG} rewrap {_ALL} --key-file app.keys.json \\\n"
+        "      --to-kms-key-id alias/app --region eu-west-1 --shard 0/2\n\n"
+        "Once every row is rewrapped, remove the old key.",
+    )
+    _table_options(rewrap, "the keys that read the current values (the column's encryptor)")
+    _target_options(rewrap, "required")
+    _run_options(rewrap, writes=True)
+
+    reencrypt_parser = command(
+        "reencrypt",
+        _cmd_reencrypt,
+        help="decrypt and encrypt every value again, under a fresh data key",
+        description="Decrypt every value and encrypt it again under a fresh data key: after a "
+        "suspected\ndata-key exposure, or, with --from-context, to move values to the "
+        "column's\ncontext after a table or column rename. With --from-context values "
+        "already\nunder the current context are skipped; without it every value is "
+        "re-encrypted\nagain on each run, so resume a stopped run with --start-after.\n\n"
+        f"{_BATCHES}\n\n{_EXIT}",
+        epilog=f"examples:\n  URL={_URL}\n"
+        "  # the table was renamed from people to patients\n"
+        f"  {PROG} reencrypt {_ALL} --key-file app.keys.json \\\n"
+        '      --from-context \'{"table": "people", "column": "ssn"}\'\n'
+        f"  {PROG} reencrypt {_ALL} --key-file app.keys.json --to-kms-key-id alias/app",
+    )
+    where = _table_options(reencrypt_parser, "the keys that read the current values")
+    _target_options(reencrypt_parser, "default: the keys that read")
+    where.add_argument(
+        "--from-context",
+        metavar="JSON",
+        help="the context the values were written with, after a rename, e.g. "
+        '\'{"table": "people", "column": "ssn"}\'',
+    )
+    _run_options(reencrypt_parser, writes=True)
+
+    encrypt = command(
+        "encrypt-column",
+        _cmd_encrypt_column,
+        help="encrypt the plaintext of a column, in place or from another column",
+        description="Encrypt existing plaintext. In place: --column holds plaintext text (use "
+        "--storage\nbase64 for a text column) or bytes (a bytea/BLOB column), read as "
+        "--logical\n(default string); every value that is not yet an envelope is encrypted. "
+        "From\n--from-column: each plaintext value is encrypted into --column (a binary "
+        "column,\nor text with --storage base64), with the logical type of the plaintext "
+        "column\n(VARCHAR -> String, INTEGER -> Integer, ...), as EncryptedType(that type) "
+        f"reads it.\nA stopped run is simply run again.\n\n{_BATCHES}\n\n{_EXIT}",
+        epilog=f"examples:\n  URL={_URL}\n"
+        f"  {PROG} encrypt-column {_ALL} --storage base64 --key-file app.keys.json\n"
+        f"  {PROG} encrypt-column --url $URL --table patients --column ssn_encrypted \\\n"
+        "      --from-column ssn --key-file app.keys.json",
+    )
+    where = _table_options(encrypt, "the key that encrypts")
+    where.add_argument(
+        "--from-column", metavar="NAME", help="the plaintext column to encrypt into --column"
+    )
+    _logical_option(where, "string, or the type of --from-column")
+    _run_options(encrypt, writes=True)
+
+    decrypt = command(
+        "decrypt-column",
+        _cmd_decrypt_column,
+        help="decrypt a column back to plaintext, in place or into another column",
+        description="The way back out. In place: each envelope in --column is replaced by its "
+        "plaintext\n(UTF-8 bytes in a binary column, text with --storage base64); values that "
+        "are not\nenvelopes are left alone. With --to-column: each value is decrypted into "
+        "that\nplaintext column, read as its type (VARCHAR -> String, INTEGER -> Integer, "
+        f"...),\nunless it already holds a value. A stopped run is simply run again.\n\n"
+        f"{_BATCHES}\n\n{_EXIT}",
+        epilog=f"examples:\n  URL={_URL}\n"
+        f"  {PROG} decrypt-column --url $URL --table patients --column ssn_encrypted \\\n"
+        "      --to-column ssn --key-file app.keys.json\n"
+        f"  {PROG} decrypt-column {_ALL} --storage base64 --key-file app.keys.json --dry-run",
+    )
+    where = _table_options(decrypt, "the keys that read the values")
+    where.add_argument("--to-column", metavar="NAME", help="the plaintext column to decrypt into")
+    _logical_option(where, "string, or the type of --to-column")
+    _run_options(decrypt, writes=True)
+
+    check = command(
+        "verify",
+        _cmd_verify,
+        help="decrypt every value and report the rows that fail",
+        description="Decrypt every value of a column and list the primary key of each row "
+        "that fails\nand why: tampered, wrong context, no key, not an envelope (plaintext), "
+        "or, with\n--logical, not a valid value of that type. Reads only.\n\n" + _EXIT,
+        epilog=f"examples:\n  URL={_URL}\n  {PROG} verify {_ALL} --key-file app.keys.json\n"
+        f"  {PROG} verify --url $URL --table patients --column birth_year --logical integer \\\n"
+        "      --kms-key-id alias/app --region eu-west-1",
+    )
+    where = _table_options(check, "the keys that read the values")
+    _logical_option(where, "binary: decrypting is the check")
+    _run_options(check, writes=False)
+
+
+def _table_options(parser: argparse.ArgumentParser, keys: str) -> argparse._ArgumentGroup:
+    where = parser.add_argument_group("database and column")
+    where.add_argument("--url", required=True, help=f"SQLAlchemy database URL, e.g. {_URL}")
+    where.add_argument("--table", required=True, metavar="NAME", help="the table")
+    where.add_argument("--column", required=True, metavar="NAME", help="the encrypted column")
+    where.add_argument(
+        "--schema",
+        metavar="NAME",
+        help="the table's schema (default: the connection's); the default context then "
+        "names the table SCHEMA.TABLE, as Table(..., schema=) does",
+    )
+    where.add_argument(
+        "--context",
+        metavar="JSON",
+        help="the column's context= if the application gives one, e.g. "
+        '\'{"label": "patient.ssn"}\' (default: {"table": TABLE, "column": COLUMN})',
+    )
+    where.add_argument(
+        "--storage",
+        choices=("binary", "base64"),
+        default="binary",
+        help="the column's storage=: binary envelopes, or base64 text (default: %(default)s)",
+    )
+    group = parser.add_argument_group("keys", f"Keys: {keys}.")
+    group.add_argument("--key-file", metavar="PATH", help="a LocalKeyring key file")
+    group.add_argument("--kms-key-id", metavar="ID", help="an AWS KMS key id, ARN or alias")
+    group.add_argument("--region", help="the AWS region of KMS keys given without an ARN")
+    group.add_argument("--endpoint-url", metavar="URL", help="a KMS endpoint (VPC, tests)")
+    return where
+
+
+def _target_options(parser: argparse.ArgumentParser, default: str) -> None:
+    group = parser.add_argument_group("target keys", f"The keys to write under ({default}).")
+    group.add_argument("--to-key-file", metavar="PATH", help="a LocalKeyring key file")
+    group.add_argument("--to-kms-key-id", metavar="ID", help="an AWS KMS key id, ARN or alias")
+
+
+def _logical_option(group: argparse._ArgumentGroup, default: str) -> None:
+    group.add_argument(
+        "--logical",
+        choices=tuple(LOGICAL),
+        metavar="TYPE",
+        help=f"the column's logical type, as in EncryptedType(TYPE): {', '.join(LOGICAL)} "
+        f"(default: {default})",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(text)
+    return value
+
+
+def _run_options(parser: argparse.ArgumentParser, *, writes: bool) -> None:
+    group = parser.add_argument_group("the run")
+    group.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=1000,
+        metavar="N",
+        help="rows per transaction (default: %(default)s)",
+    )
+    group.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="walk part I of N of an integer primary key's range, so N processes share a "
+        "table (0/4 .. 3/4)",
+    )
+    if writes:
+        group.add_argument(
+            "--start-after",
+            metavar="PK",
+            help="resume after this primary key (comma-separated for a composite key, or a "
+            "JSON array), as printed when a run stops",
+        )
+        group.add_argument(
+            "--dry-run", action="store_true", help="count what would change, write nothing"
+        )
+        group.add_argument(
+            "--strict",
+            action="store_true",
+            help="stop at the first row that cannot be decrypted, instead of reporting it",
+        )
+    group.add_argument(
+        "--progress-interval",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal, a progress line this often (default: %(default)s)",
+    )
