@@ -1,0 +1,1 @@
+"""The clinic app: SQLAlchemy models with encrypted columns, served as JSON by Django views."""

@@ -1,0 +1,8 @@
+"""WSGI entry point: ``gunicorn project.wsgi``. Django's setup builds the encryptor first."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+application = get_wsgi_application()
