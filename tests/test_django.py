@@ -229,7 +229,7 @@ class TestSettings:
             ("app.keys.json", r"must be a dict, got a str"),
             ({}, r"exactly one of .*KEY_FILE.* and .*KMS_KEY_ID.*neither is set"),
             ({"KEY_FILE": "k.json", "KMS_KEY_ID": "alias/a"}, r"both are set"),
-            ({"KEYFILE": "k.json"}, r"unknown key 'KEYFILE' in settings\.SQLA_ENVELOPE"),
+            ({"KEYFILE": "k.json"}, r"unknown setting SQLA_ENVELOPE\['KEYFILE'\]"),
             ({"KEY_FILE": "k.json", "MODE": "fast"}, r"\['MODE'\] must be one of"),
             ({"KEY_FILE": "k.json", "MODE": "direct"}, r"'direct' is a KMS mode"),
             ({"KMS_KEY_ID": "alias/a", "MODE": "local"}, r"'local' needs .*KEY_FILE"),

@@ -313,7 +313,7 @@ class TestConfiguration:
             pytest.param({"KMS_KEY_ID": KMS_ARN, "MODE": "local"}, "'local' needs", id="kms-local"),
             pytest.param(
                 {"KEY_FILE": KEY_FILE, "MAX_ROWS": 10},
-                "SQLA_ENVELOPE_MAX_ROWS only applies with SQLA_ENVELOPE_MODE='bounded_reuse'",
+                "SQLA_ENVELOPE_MAX_ROWS only applies with SQLA_ENVELOPE_MODE 'bounded_reuse'",
                 id="max-rows-local",
             ),
             pytest.param(
