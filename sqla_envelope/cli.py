@@ -99,6 +99,14 @@ def _write(keyring: LocalKeyring, path: Path) -> None:
         raise OSError(exc.errno, f"cannot write key file: {exc.strerror}", str(path)) from exc
 
 
+def _cmd_keys_remove(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    keyring = LocalKeyring.from_file(path).without(args.key_id)
+    _write(keyring, path)
+    print(f"Removed key {args.key_id} from {path}; it holds {', '.join(keyring.key_ids)}.")
+    return 0
+
+
 def _cmd_keys_list(args: argparse.Namespace) -> int:
     keyring = LocalKeyring.from_file(Path(args.path))
     for key_id in keyring.key_ids:
@@ -257,8 +265,8 @@ def _add_keys_parser(
         help="add a fresh primary key (first step of key rotation)",
         description="Add a fresh master key to a key file and make it the primary: new "
         "values are\nencrypted under it, older values still decrypt under their old key. "
-        "This is the\nfirst step of a key rotation; then rewrap the data with "
-        "sqla_envelope.rewrap\nand remove the old key.",
+        "This is the\nfirst step of a key rotation; then move the data with "
+        f"'{PROG} rewrap'\nand remove the old key with '{PROG} keys remove'.",
         epilog=f"example:\n  {PROG} keys add app.keys.json --key-id 2026",
     )
     add.add_argument("path", metavar="PATH", help="an existing key file")
@@ -275,3 +283,16 @@ def _add_keys_parser(
     )
     list_parser.add_argument("path", metavar="PATH", help="an existing key file")
     list_parser.set_defaults(handler=_cmd_keys_list)
+
+    remove = keys.add_parser(
+        "remove",
+        formatter_class=formatter,
+        help="remove a retired key (last step of key rotation)",
+        description="Remove a key from a key file, once no stored value is under it (check "
+        "with\n'verify', or count rows by key with plain SQL: docs/format.md). Values still "
+        "under\nit can no longer be read. The primary key cannot be removed.",
+        epilog=f"example:\n  {PROG} keys remove app.keys.json 2025",
+    )
+    remove.add_argument("path", metavar="PATH", help="an existing key file")
+    remove.add_argument("key_id", metavar="KEY_ID", help="the key to remove")
+    remove.set_defaults(handler=_cmd_keys_remove)

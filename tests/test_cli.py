@@ -352,3 +352,17 @@ class TestUsage:
         assert result.stdout.startswith("usage: sqla-envelope")
         for command in ("demo", "keys", "inspect"):
             assert command in result.stdout
+
+
+def test_keys_remove_retires_a_key_but_never_the_primary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "app.keys.json"
+    assert main(["keys", "generate", str(path), "--key-id", "old"]) == 0
+    assert main(["keys", "add", str(path), "--key-id", "new"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "remove", str(path), "new"]) == 1
+    assert "primary" in capsys.readouterr().err
+    assert main(["keys", "remove", str(path), "old"]) == 0
+    assert LocalKeyring.from_file(path).key_ids == ("new",)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
