@@ -1,14 +1,14 @@
 """The exceptions sqla-envelope raises, all under one root.
 
-::
-
-    EnvelopeError
-     ├── ConfigurationError        the library is used in a way that cannot work
-     ├── KeyringError              the key service could not do its job
-     ├── InvalidValueError         a value does not fit the column's logical type
-     ├── UnsupportedComparisonError  SQL comparison against a randomized ciphertext
-     └── DecryptionError           a stored value cannot be decrypted
-          └── MalformedEnvelopeError  the bytes are not an envelope we know
+```text
+EnvelopeError
+ ├── ConfigurationError          the library is used in a way that cannot work
+ ├── KeyringError                the key service could not do its job
+ ├── InvalidValueError           a value does not fit the column's logical type
+ ├── UnsupportedComparisonError  SQL comparison against a randomized ciphertext
+ └── DecryptionError             a stored value cannot be decrypted
+      └── MalformedEnvelopeError the bytes are not an envelope we know
+```
 
 No message ever holds plaintext or key material: they name tables, columns, key
 references and Python types, never values.
