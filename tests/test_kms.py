@@ -87,7 +87,7 @@ class TestConstruction:
             )
             assert isinstance(keyring, Keyring)
             assert key_id in repr(keyring)
-            assert keyring._clients == {}
+            assert keyring._clients.built() == 0
         assert recorder.sends == []
 
     def test_repr_shows_key_ids_never_credentials(self, kms_endpoint: str) -> None:

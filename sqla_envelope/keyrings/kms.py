@@ -1,4 +1,4 @@
-"""KmsKeyring: AWS KMS master keys through boto3 (the only importer of boto3/botocore)."""
+"""KmsKeyring: AWS KMS master keys through boto3 (clients live in _kms_clients.py)."""
 
 from __future__ import annotations
 
@@ -16,19 +16,18 @@ from ..context import EncryptionContext
 from ..envelope import WrappedKey
 from ..errors import ConfigurationError, DecryptionError, KeyringError
 from ._kms_blob import DIRECT, direct_blob, parse_blob, reuse_blob
+from ._kms_clients import KmsClients, RetryMode, arn_parts, is_key_arn
 from ._kms_errors import kms_failure
 from ._kms_pool import DataKeyPool
 from .base import DataKey
 
 if TYPE_CHECKING:
     from boto3.session import Session
-    from botocore.config import Config
     from mypy_boto3_kms.client import KMSClient
 
 __all__ = ["KmsKeyring"]
 
 _T = TypeVar("_T")
-RetryMode = Literal["standard", "adaptive", "legacy"]
 CostMode = Literal["direct", "bounded_reuse"]
 
 
@@ -38,22 +37,6 @@ class _WrappingKey(NamedTuple):
     wrapper: LocalKeyWrapper
     copies: tuple[tuple[str, bytes], ...]  # (key ARN, KMS ciphertext), primary first
     expires: float
-
-
-_INSTALL_HINT = "KmsKeyring needs boto3: pip install 'sqla-envelope[kms]'"
-
-
-def _arn_parts(key_id: str) -> tuple[str, str] | None:
-    """(region, resource) of a KMS ARN such as ``arn:aws:kms:eu-west-1:111:key/abc``."""
-    parts = key_id.split(":", 5)
-    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "kms":
-        return None
-    return parts[3], parts[5]
-
-
-def _is_key_arn(key_id: str) -> bool:
-    parts = _arn_parts(key_id)
-    return parts is not None and parts[1].startswith("key/")
 
 
 class KmsKeyring:
@@ -132,43 +115,30 @@ class KmsKeyring:
             raise ConfigurationError("KMS key ids must be non-empty ASCII strings")
         if len(set(ids)) != len(ids):
             raise ConfigurationError("additional_key_ids repeat a key id")
-        if retry_mode not in get_args(RetryMode):
-            raise ConfigurationError(f"retry_mode must be one of {get_args(RetryMode)}")
-        if max_attempts < 1 or connect_timeout <= 0 or read_timeout <= 0:
-            raise ConfigurationError("max_attempts must be >= 1 and the timeouts positive")
-        if max_pool_connections < 1:
-            raise ConfigurationError("max_pool_connections must be >= 1")
         if mode not in get_args(CostMode):
             raise ConfigurationError(f"mode must be one of {get_args(CostMode)}")
         if max_rows < 1 or max_age <= 0:
             raise ConfigurationError("max_rows must be >= 1 and max_age positive")
         if prefetch < 0 or prefetch_workers < 1:
             raise ConfigurationError("prefetch must be >= 0 and prefetch_workers >= 1")
-        client_region = client.meta.region_name if client is not None else None
-        if client_region and region_name and client_region != region_name:
-            raise ConfigurationError(
-                f"client is for region {client_region!r} but region_name is {region_name!r}"
-            )
         self.key_id = key_id
         self.additional_key_ids = tuple(additional_key_ids)
         self.decrypt_key_ids = tuple(decrypt_key_ids)
-        self.region_name = region_name or client_region
         self.grant_tokens = tuple(grant_tokens)
-        self._endpoint_url = endpoint_url
-        self._session = session
-        self._client_options = (
-            max_attempts,
-            retry_mode,
-            connect_timeout,
-            read_timeout,
-            max_pool_connections,
+        self._clients = KmsClients(
+            client=client,
+            region_name=region_name,
+            endpoint_url=endpoint_url,
+            session=session,
+            max_attempts=max_attempts,
+            retry_mode=retry_mode,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=max_pool_connections,
         )
-        self._clients: dict[str | None, KMSClient] = {}
-        if client is not None:
-            self._clients[client_region] = client
+        self.region_name = self._clients.region_name
         # Configured id -> key ARN: given, or learned from KMS's answers.
-        self._arns = {k: k for k in ids if _is_key_arn(k)}
-        self._client_lock = threading.Lock()
+        self._arns = {k: k for k in ids if is_key_arn(k)}
         self.mode = mode
         self.max_rows = max_rows
         self.max_age = float(max_age)
@@ -178,7 +148,6 @@ class KmsKeyring:
         self._wrapping_lock = threading.Lock()
         # bounded reuse, reading: unwrapped wrapping keys, one KMS Decrypt each
         self._unwrapped: KeyCache[LocalKeyWrapper] = KeyCache(10_000, self.max_age, clock=clock)
-        self._own_client = client
         _KEYRINGS.add(self)
         # direct mode, writing: data keys generated ahead by worker threads
         self._pool = (
@@ -307,16 +276,16 @@ class KmsKeyring:
         if self.mode != "direct":
             return None
         source = next(
-            (w for w in wrapped_keys if _is_key_arn(w.key_ref) and w.blob[:1] == bytes((DIRECT,))),
+            (w for w in wrapped_keys if is_key_arn(w.key_ref) and w.blob[:1] == bytes((DIRECT,))),
             None,
         )
         if source is None:
             return None
         targets = [self._resolve(k) for k in self.key_ids]
-        regions = {(_arn_parts(arn) or ("?", ""))[0] for arn in (source.key_ref, *targets)}
+        regions = {(arn_parts(arn) or ("?", ""))[0] for arn in (source.key_ref, *targets)}
         if len(regions) != 1:
             return None  # ReEncrypt works within one region
-        kms = self._client_for(source.key_ref)
+        kms = self._clients.for_key(source.key_ref)
         ciphertext = parse_blob(source.blob).kms_ciphertext
         copies = []
         for target in targets:
@@ -380,7 +349,7 @@ class KmsKeyring:
     # -- KMS calls -------------------------------------------------------------
 
     def _generate(self, context: EncryptionContext) -> dict[str, Any]:
-        kms = self._client_for(self.key_id)
+        kms = self._clients.for_key(self.key_id)
         response = self._call(
             "GenerateDataKey",
             self.key_id,
@@ -401,7 +370,7 @@ class KmsKeyring:
         return dict(response)
 
     def _decrypt(self, key_ref: str, kms_ciphertext: bytes, context: EncryptionContext) -> bytes:
-        kms = self._client_for(key_ref)
+        kms = self._clients.for_key(key_ref)
         response = self._call(
             "Decrypt",
             key_ref,
@@ -420,7 +389,7 @@ class KmsKeyring:
     def _encrypt(
         self, key_id: str, data_key: bytes, context: EncryptionContext, *, raw: bool = False
     ) -> WrappedKey:
-        kms = self._client_for(key_id)
+        kms = self._clients.for_key(key_id)
         response = self._call(
             "Encrypt",
             key_id,
@@ -458,7 +427,7 @@ class KmsKeyring:
             return arn
         # No lock: threads starting cold may each ask once, but while KMS is down
         # they must not queue behind one another's timeouts.
-        kms = self._client_for(key_id)
+        kms = self._clients.for_key(key_id)
         response = self._call(
             "DescribeKey",
             key_id,
@@ -474,51 +443,6 @@ class KmsKeyring:
         except Exception as exc:
             raise kms_failure(exc, operation, key_id).chain(exc) from exc
 
-    # -- clients -----------------------------------------------------------------
-
-    def _client_for(self, key_id: str) -> KMSClient:
-        """The client for ``key_id``'s region, created on first use (thread-safe)."""
-        parts = _arn_parts(key_id)
-        region = parts[0] if parts is not None else self.region_name
-        kms = self._clients.get(region)
-        if kms is not None:
-            return kms
-        with self._client_lock:
-            kms = self._clients.get(region)
-            if kms is None:
-                kms = self._new_client(region, key_id)
-                self._clients[region] = kms
-        return kms
-
-    def _new_client(self, region: str | None, key_id: str) -> KMSClient:
-        try:
-            import boto3
-            from botocore.exceptions import NoRegionError
-        except ImportError:
-            raise ConfigurationError(_INSTALL_HINT) from None
-        if self._session is None:
-            # A private session: boto3's default one is not safe to share across threads.
-            self._session = boto3.session.Session()
-        try:
-            return self._session.client(
-                "kms", region_name=region, endpoint_url=self._endpoint_url, config=self._config()
-            )
-        except NoRegionError:
-            raise ConfigurationError(
-                f"no AWS region for KMS key {key_id!r}: pass region_name= or a key ARN"
-            ) from None
-
-    def _config(self) -> Config:
-        from botocore.config import Config
-
-        attempts, mode, connect, read, pool = self._client_options
-        return Config(
-            retries={"mode": mode, "total_max_attempts": attempts},
-            connect_timeout=connect,
-            read_timeout=read,
-            max_pool_connections=pool,
-        )
-
 
 _KEYRINGS: weakref.WeakSet[KmsKeyring] = weakref.WeakSet()
 
@@ -533,9 +457,7 @@ def _reset_in_child() -> None:
     for keyring in list(_KEYRINGS):
         keyring._wrapping = {}
         keyring._wrapping_lock = threading.Lock()
-        keyring._client_lock = threading.Lock()
-        own = keyring._own_client
-        keyring._clients = {own.meta.region_name: own} if own is not None else {}
+        keyring._clients.reset()
 
 
 if hasattr(os, "register_at_fork"):
