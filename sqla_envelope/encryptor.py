@@ -110,6 +110,8 @@ class Encryptor:
         DecryptionError for a tampered value, another context, or a value no key
         in the keyring can unwrap.
         """
+        if not isinstance(envelope, (bytes, bytearray, memoryview)):
+            raise TypeError("decrypt() takes bytes")
         return self.open(bytes(envelope), EncryptionContext.of(context))
 
     def stats(self) -> dict[str, int]:
