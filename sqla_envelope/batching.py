@@ -69,7 +69,7 @@ def _before_execute(
             try:
                 encryptor.reserve(type_.encryption_context(), count)
             except ConfigurationError:
-                return
+                continue  # the statement's own processing raises the clear error
 
 
 def _encrypted_result_columns(compiled: Any) -> list[tuple[int, EncryptedType]]:
@@ -87,7 +87,9 @@ def _after_cursor_execute(
     """Unwrap a result's data keys concurrently, before its rows are processed."""
     if executemany or context is None or context.compiled is None:
         return
-    if cursor.description is None:
+    if cursor.description is None or context.isinsert or context.isupdate or context.isdelete:
+        # Only SELECTs: SQLAlchemy reads RETURNING rows itself (insertmanyvalues
+        # batches), and taking them from the cursor here would lose them.
         return
     columns = _encrypted_result_columns(context.compiled)
     if not columns:
@@ -113,7 +115,9 @@ def _after_cursor_execute(
             values = [_b64(v) for v in values]
         try:
             encryptor.unwrap_all(
-                (bytes(v) for v in values if v is not None), type_.encryption_context()
+                # Text can only be plaintext read under allow_plaintext: nothing to unwrap.
+                (bytes(v) for v in values if isinstance(v, (bytes, bytearray, memoryview))),
+                type_.encryption_context(),
             )
         except ConfigurationError:
             continue
