@@ -140,6 +140,7 @@ class KmsKeyring:
         # Configured id -> key ARN: given, or learned from KMS's answers.
         self._arns = {k: k for k in ids if is_key_arn(k)}
         self.mode = mode
+        self.unwraps_remotely = mode == "direct"
         self.max_rows = max_rows
         self.max_age = float(max_age)
         self._clock = clock
@@ -156,7 +157,9 @@ class KmsKeyring:
             else None
         )
 
-    # Unwrapping waits on the network: Encryptors prefetch a query's keys concurrently.
+    # Unwrapping waits on the network in direct mode (a Decrypt per value), so
+    # Encryptors prefetch a query's keys concurrently; bounded reuse unwraps
+    # locally once its wrapping key is known, where threads would only cost.
     unwraps_remotely = True
 
     @property
@@ -412,6 +415,10 @@ class KmsKeyring:
         away. A key whose alias cannot be resolved now (its region is down) is
         passed over, so its replica can still serve.
         """
+        primary = self._arns.get(self.key_id)
+        # The common case, on the read path of every value: one copy, under ours.
+        if len(wrapped_keys) == 1 and wrapped_keys[0].key_ref in (primary, self.key_id):
+            return list(wrapped_keys)
         found: list[WrappedKey] = []
         for held in self.readable_key_ids:
             names = {held}
