@@ -75,6 +75,7 @@ import json
 import os
 import random
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -958,6 +959,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # A SIGTERM unwinds like Ctrl-C: temporary folders go, PostgreSQL tables are dropped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.child:
         return child(args)
     if args.sizes is not None:
