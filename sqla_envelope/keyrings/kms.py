@@ -125,6 +125,8 @@ class KmsKeyring:
         self.additional_key_ids = tuple(additional_key_ids)
         self.decrypt_key_ids = tuple(decrypt_key_ids)
         self.grant_tokens = tuple(grant_tokens)
+        # Sent only when there are some: an empty list still costs serialization.
+        self._grants: dict[str, Any] = {"GrantTokens": list(grant_tokens)} if grant_tokens else {}
         self._clients = KmsClients(
             client=client,
             region_name=region_name,
@@ -301,7 +303,7 @@ class KmsKeyring:
                     DestinationKeyId=target,
                     SourceEncryptionContext=context.as_dict(),
                     DestinationEncryptionContext=context.as_dict(),
-                    GrantTokens=list(self.grant_tokens),
+                    **self._grants,
                 ),
             )
             copies.append(WrappedKey(response["KeyId"], direct_blob(response["CiphertextBlob"])))
@@ -360,7 +362,7 @@ class KmsKeyring:
                 KeyId=self.key_id,
                 KeySpec="AES_256",
                 EncryptionContext=context.as_dict(),
-                GrantTokens=list(self.grant_tokens),
+                **self._grants,
             ),
         )
         if len(response["Plaintext"]) != DATA_KEY_SIZE:
@@ -381,7 +383,7 @@ class KmsKeyring:
                 CiphertextBlob=kms_ciphertext,
                 KeyId=key_ref,
                 EncryptionContext=context.as_dict(),
-                GrantTokens=list(self.grant_tokens),
+                **self._grants,
             ),
         )
         data_key = response["Plaintext"]
@@ -400,7 +402,7 @@ class KmsKeyring:
                 KeyId=key_id,
                 Plaintext=data_key,
                 EncryptionContext=context.as_dict(),
-                GrantTokens=list(self.grant_tokens),
+                **self._grants,
             ),
         )
         self._arns[key_id] = response["KeyId"]
@@ -438,7 +440,7 @@ class KmsKeyring:
         response = self._call(
             "DescribeKey",
             key_id,
-            lambda: kms.describe_key(KeyId=key_id, GrantTokens=list(self.grant_tokens)),
+            lambda: kms.describe_key(KeyId=key_id, **self._grants),
         )
         arn = response["KeyMetadata"].get("Arn") or key_id
         self._arns[key_id] = arn
