@@ -10,12 +10,13 @@ Two parts, in one run:
    "value"}`` and the raw bytes are bulk inserted (Core executemany in chunks on
    SQLite, ``COPY ... FROM STDIN (FORMAT BINARY)`` through psycopg on PostgreSQL,
    then ``VACUUM ANALYZE``). Then ``rewrap_column(engine, table.c.value, new_keyring,
-   batch_size=...)`` moves every value from key A to a new primary key B, in a FRESH
-   subprocess (``--child``) so that its memory is its own: the child sets up (imports,
-   engine, first connection, keyrings), reads its baseline, collects and freezes the
-   heap, times the rewrap, then reads ``ru_maxrss`` right after it. A second child
-   rewraps B -> C under ``tracemalloc`` for the Python heap's peak (tracemalloc slows
-   the run: its time is information only). Each child then checks, outside the
+   batch_size=...)`` moves every value from key A to a new primary key B (then B to
+   C, C to B, ... for the repeats), each in a FRESH subprocess (``--child``) so that
+   its memory is its own: the child sets up (imports, engine, first connection,
+   keyrings), reads its baseline, collects and freezes the heap, times the rewrap,
+   then reads ``ru_maxrss`` right after it. One more child rewraps once more under
+   ``tracemalloc`` for the Python heap's peak (tracemalloc slows the run: its time is
+   information only). Each child then checks, outside the
    timer: the report (changed == N, nothing skipped, failed or conflicting); a
    plain-SQL count of the rows whose envelope header (version 1, one key, the key
    reference's length byte, then the reference) names the new key == N; and a
@@ -58,9 +59,13 @@ Run::
 
     .venv/bin/python bench/bench_rewrap.py [--sizes 100000,1000000] [--rows N]
         [--db sqlite|postgresql|both] [--batch-size 1000] [--kms-rows 5000]
-        [--latency 0.005] [--only local|kms] [--profile]
+        [--latency 0.005] [--repeat 2] [--only local|kms] [--profile]
 
-``--rows N`` is short for ``--sizes N/10,N``. ``--profile`` adds, per database, one
+The VM is shared and noisy: every timed case runs ``--repeat`` times (each rewrap of
+a size in a fresh child, rotating B -> C -> B ...; the KMS cases in an order that
+flips from one repeat to the next) and the tables report the BEST run, the median
+and every run; memory is the highest peak of the runs. ``--rows N`` is short for
+``--sizes N/10,N``. ``--profile`` adds, per database, one
 more child that rewraps the smallest size under cProfile and prints the top
 functions by tottime.
 """
@@ -337,7 +342,7 @@ def child(args: argparse.Namespace) -> int:
     source = LocalKeyring.from_file(args.source_keys)
     target = LocalKeyring.from_file(args.target_keys)
     reader = Encryptor(LocalKeyring.from_file(args.check_keys))
-    old_ref = next(k for k in source.key_ids if k != target.primary)
+    old_ref = args.old_key
     table = build_table(args.table, Encryptor(source))
     with engine.connect() as conn:  # connect, initialize the dialect
         rows = conn.execute(sa.select(sa.func.count()).select_from(raw_view(args.table)))
@@ -440,12 +445,12 @@ def run_child(
     rows: int,
     batch_size: int,
     keys: dict[str, Path],
-    step: tuple[str, str, str],
+    step: tuple[str, str, str, str],
     *,
     trace: bool = False,
     profile: bool = False,
 ) -> dict[str, Any]:
-    source, target, check = step
+    source, target, check, old_key = step
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -464,6 +469,8 @@ def run_child(
         str(keys[target]),
         "--check-keys",
         str(keys[check]),
+        "--old-key",
+        old_key,
     ]
     if trace:
         command.append("--trace")
@@ -507,9 +514,22 @@ def reachable(url: str) -> str | None:
     return None
 
 
-def scale_one(
-    db: str, size: int, args: argparse.Namespace, *, profile: bool
-) -> dict[str, dict[str, Any]]:
+def rotations() -> Iterator[tuple[str, str, str, str]]:
+    """Successive rewraps of one table: A -> B, then B -> C, C -> B, B -> C, ...
+
+    Each is (keyring file of the column, of the target, of the check, old key id):
+    the column's keyring reads the current key, the target wraps under its primary,
+    and the check keyring holds the new key alone.
+    """
+    a, b, c = KEY_IDS
+    yield ("A", "AB", "B", a)
+    while True:
+        yield ("AB", "ABC", "C", b)
+        yield ("ABC", "AB", "B", c)
+
+
+def scale_one(db: str, size: int, args: argparse.Namespace, *, profile: bool) -> dict[str, Any]:
+    """Fill a table of ``size`` rows, then rewrap it ``--repeat`` times, once traced."""
     with database(db, args.pg_url, size) as (url, name, folder):
         keys = write_keyrings(folder)
         engine = sa.create_engine(url)
@@ -520,29 +540,25 @@ def scale_one(
         print(
             f"    {db} {size:>9,} rows filled in {time.perf_counter() - started:.1f} s", flush=True
         )
-        runs = {}
-        runs["timed"] = run_child(url, name, size, args.batch_size, keys, ("A", "AB", "B"))
-        print(f"    {db} {size:>9,} rewrap A->B {runs['timed']['seconds']:.2f} s", flush=True)
-        if db == "postgresql":
-            engine = sa.create_engine(url)
-            vacuum(engine, name)
-            engine.dispose()
-        runs["traced"] = run_child(
-            url, name, size, args.batch_size, keys, ("AB", "ABC", "C"), trace=True
-        )
-        print(
-            f"    {db} {size:>9,} rewrap B->C under tracemalloc {runs['traced']['seconds']:.2f} s",
-            flush=True,
-        )
-        if profile:
-            if db == "postgresql":
+        steps = rotations()
+
+        def run(what: str, **options: bool) -> dict[str, Any]:
+            step = next(steps)
+            if db == "postgresql":  # clear the dead rows the previous rewrap left
                 engine = sa.create_engine(url)
                 vacuum(engine, name)
                 engine.dispose()
-            # C -> B again: the ABC keyring reads C, the AB one wraps under B.
-            runs["profile"] = run_child(
-                url, name, size, args.batch_size, keys, ("ABC", "AB", "B"), profile=True
-            )
+            result = run_child(url, name, size, args.batch_size, keys, step, **options)
+            arrow = f"{step[3][-1]}->{keys[step[1]].stem[-1]}"
+            print(f"    {db} {size:>9,} {what} {arrow}: {result['seconds']:.2f} s", flush=True)
+            return result
+
+        runs: dict[str, Any] = {
+            "timed": [run(f"rewrap {i + 1}/{args.repeat}") for i in range(args.repeat)]
+        }
+        runs["traced"] = run("rewrap under tracemalloc", trace=True)
+        if profile:
+            runs["profile"] = run("rewrap under cProfile", profile=True)
         return runs
 
 
@@ -550,50 +566,69 @@ def mib(kib: float) -> str:
     return f"{kib / 1024:,.1f}"
 
 
-def print_scaling(db: str, results: dict[int, dict[str, dict[str, Any]]]) -> bool:
+def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of the timed rewraps, with the worst memory peak of them all."""
+    best = dict(min(runs, key=lambda run: run["seconds"]))
+    worst = max(runs, key=lambda run: run["peak_rss_kib"])
+    best["peak_rss_kib"] = worst["peak_rss_kib"]
+    best["growth_kib"] = max(run["peak_rss_kib"] - run["baseline_rss_kib"] for run in runs)
+    best["median"] = statistics.median(run["seconds"] for run in runs)
+    best["all"] = [run["seconds"] for run in runs]
+    return best
+
+
+def print_scaling(db: str, results: dict[int, dict[str, Any]]) -> bool:
     ok = True
+    best = {size: best_of(runs["timed"]) for size, runs in results.items()}
+    repeat = len(next(iter(results.values()))["timed"])
     print()
-    print(f"LocalKeyring rewrap on {db}: one fresh process per rewrap")
     print(
-        f"{'rows':>10}{'seconds':>9}{'rows/s':>9}{'µs/row':>9}{'CPU µs/row':>11}"
-        f"{'runq µs/row':>12}{'load 1m':>13}{'batch ms 1st/last 10%':>25}"
+        f"LocalKeyring rewrap on {db}: one fresh process per rewrap; best of {repeat} "
+        "(its CPU, run-queue wait, load and batch times), then every run's seconds"
     )
-    for size, runs in results.items():
-        timed = runs["timed"]
-        seconds = timed["seconds"]
-        drift = timed["drift"]
+    print(
+        f"{'rows':>10}{'seconds':>9}{'rows/s':>9}{'µs/row':>9}{'median':>9}{'CPU µs/row':>11}"
+        f"{'runq µs/row':>12}{'load 1m':>11}{'batch ms 1st/last 10%':>24}  all (s)"
+    )
+    for size, run in best.items():
+        seconds = run["seconds"]
+        drift = run["drift"]
         drift_text = (
             f"{drift['first_ms']:.1f}/{drift['last_ms']:.1f} ({drift['ratio']:.2f})"
             if drift
             else "-"
         )
-        load = "{:.1f}->{:.1f}".format(*timed["load"])
+        load = "{:.1f}->{:.1f}".format(*run["load"])
+        runs_text = " ".join(f"{t:.2f}" for t in run["all"])
         print(
             f"{size:>10,}{seconds:>9.2f}{size / seconds:>9,.0f}{seconds / size * 1e6:>9.2f}"
-            f"{timed['cpu'] / size * 1e6:>11.2f}{timed['run_queue'] / size * 1e6:>12.2f}"
-            f"{load:>13}{drift_text:>25}"
+            f"{run['median'] / size * 1e6:>9.2f}{run['cpu'] / size * 1e6:>11.2f}"
+            f"{run['run_queue'] / size * 1e6:>12.2f}{load:>11}{drift_text:>24}  {runs_text}"
         )
     print(
-        "  runq: time the process was ready to run but got no CPU (other work on the "
-        "machine); batch ms: median batch time, first and last tenth of the batches"
+        "  µs/row and median: wall time per row, best and median run. runq: time the process "
+        "was ready to run but got no CPU\n  (other work on the machine). batch ms: median "
+        "batch time in the first and last tenth of the batches"
     )
     print()
     print(
         f"{'rows':>10}{'base RSS':>10}{'peak RSS':>10}{'growth':>8}"
-        f"{'traced peak':>13}{'traced run s':>14}   (MiB; peak RSS = ru_maxrss after the rewrap)"
+        f"{'traced peak':>13}{'traced run s':>14}   (MiB; peak RSS = ru_maxrss right after the "
+        "rewrap, the highest of the timed runs; growth = peak - RSS before it)"
     )
     for size, runs in results.items():
-        timed, traced = runs["timed"], runs["traced"]
-        growth = timed["peak_rss_kib"] - timed["baseline_rss_kib"]
+        run, traced = best[size], runs["traced"]
         print(
-            f"{size:>10,}{mib(timed['baseline_rss_kib']):>10}{mib(timed['peak_rss_kib']):>10}"
-            f"{mib(growth):>8}{mib(traced['traced_peak_bytes'] / 1024):>13}"
+            f"{size:>10,}{mib(run['baseline_rss_kib']):>10}{mib(run['peak_rss_kib']):>10}"
+            f"{mib(run['growth_kib']):>8}{mib(traced['traced_peak_bytes'] / 1024):>13}"
             f"{traced['seconds']:>14.2f}"
         )
     for size, runs in results.items():
-        for label, run in runs.items():
+        labelled = [(f"timed {i + 1}", run) for i, run in enumerate(runs["timed"])]
+        labelled += [(label, run) for label, run in runs.items() if label != "timed"]
+        for label, run in labelled:
             verdict = "OK" if not run["problems"] else "WRONG: " + "; ".join(run["problems"])
-            print(f"  check {size:,} {label:<7} {run['report']}  -> {verdict}")
+            print(f"  check {size:,} {label:<8} {run['report']}  -> {verdict}")
             ok = ok and not run["problems"]
     sizes = list(results)
     pairs = list(itertools.pairwise(sizes))
@@ -602,20 +637,20 @@ def print_scaling(db: str, results: dict[int, dict[str, dict[str, Any]]]) -> boo
     if pairs:
         print()
         print(
-            f"{'sizes':<22}{'rows x':>7}{'time x':>8}{'µs/row x':>10}{'CPU/row x':>11}"
-            f"{'-runq x':>9}{'peak RSS x':>12}{'growth x':>10}{'traced x':>10}  verdict"
+            f"{'sizes':<22}{'rows x':>7}{'time x':>8}{'µs/row x':>10}{'median x':>10}"
+            f"{'CPU/row x':>11}{'-runq x':>9}{'peak RSS x':>12}{'growth x':>10}{'traced x':>10}"
+            "  verdict"
         )
     for small, big in pairs:
-        a, b = results[small]["timed"], results[big]["timed"]
+        a, b = best[small], best[big]
         rows_x = big / small
         time_x = b["seconds"] / a["seconds"]
         per_row_x = time_x / rows_x
+        median_x = b["median"] / a["median"] / rows_x
         cpu_x = b["cpu"] / a["cpu"] / rows_x
         busy_x = (b["seconds"] - b["run_queue"]) / (a["seconds"] - a["run_queue"]) / rows_x
         rss_x = b["peak_rss_kib"] / a["peak_rss_kib"]
-        growth_x = (b["peak_rss_kib"] - b["baseline_rss_kib"]) / max(
-            1, a["peak_rss_kib"] - a["baseline_rss_kib"]
-        )
+        growth_x = b["growth_kib"] / max(1, a["growth_kib"])
         traced_x = results[big]["traced"]["traced_peak_bytes"] / max(
             1, results[small]["traced"]["traced_peak_bytes"]
         )
@@ -630,16 +665,16 @@ def print_scaling(db: str, results: dict[int, dict[str, dict[str, Any]]]) -> boo
         ok = ok and linear and flat
         print(
             f"{f'{small:,} -> {big:,}':<22}{rows_x:>7.1f}{time_x:>8.2f}{per_row_x:>10.2f}"
-            f"{cpu_x:>11.2f}{busy_x:>9.2f}{rss_x:>12.2f}{growth_x:>10.2f}{traced_x:>10.2f}"
-            f"  {', '.join(verdicts)}"
+            f"{median_x:>10.2f}{cpu_x:>11.2f}{busy_x:>9.2f}{rss_x:>12.2f}{growth_x:>10.2f}"
+            f"{traced_x:>10.2f}  {', '.join(verdicts)}"
         )
     if pairs:
         print(
-            f"  bars (on wall time and peaks): µs/row x within {LINEAR_BAND[0]:.2f}.."
-            f"{LINEAR_BAND[1]:.2f}; peak RSS x and tracemalloc peak x <= {FLAT_MEMORY:.2f}. "
-            "-runq x: (wall - run-queue wait) per row, larger over smaller"
+            f"  bars (on the best wall times and the peaks): µs/row x within {LINEAR_BAND[0]:.2f}"
+            f"..{LINEAR_BAND[1]:.2f}; peak RSS x and tracemalloc peak x <= {FLAT_MEMORY:.2f}."
+            "\n  -runq x: (wall - run-queue wait) per row of the best runs, larger over smaller"
         )
-    first = next(iter(results.values()))["timed"]
+    first = next(iter(results.values()))["timed"][0]
     print()
     print(f"statements the walk sent on {db}, and their plans:")
     for line in first["plans"]:
@@ -793,7 +828,7 @@ def kms_concurrency(args: argparse.Namespace) -> bool:
         f"after {args.latency * 1e3:g} ms (fake_kms.py + ReEncrypt), "
         f"max_pool_connections={POOL_CONNECTIONS}, batch_size={args.batch_size}"
     )
-    results: list[KmsRun] = []
+    results: dict[str, list[KmsRun]] = {}
     with tempfile.TemporaryDirectory(prefix="sqla-envelope-bench-rewrap-kms-") as folder:
         engine = sa.create_engine(f"sqlite:///{folder}/kms.db")
         writer = Encryptor(keyring(KMS_OLD, prefetch=32, prefetch_workers=16))
@@ -808,7 +843,13 @@ def kms_concurrency(args: argparse.Namespace) -> bool:
         print(f"  filled under {KMS_OLD} in {time.perf_counter() - started:.1f} s")
         calibrate(fake, keyring, args.latency)
 
-        for workers in KMS_WORKERS:
+        # Each repeat runs every case once; the order flips from one repeat to the next.
+        plan = [
+            workers
+            for r in range(args.repeat)
+            for workers in (KMS_WORKERS if r % 2 == 0 else KMS_WORKERS[::-1])
+        ]
+        for workers in plan:
             label = f"workers={workers}" + (
                 f" ({DEFAULT_REMOTE_WORKERS} threads)" if workers is None else ""
             )
@@ -843,7 +884,7 @@ def kms_concurrency(args: argparse.Namespace) -> bool:
             wanted = {"ReEncrypt": rows}
             if run.calls != wanted:
                 run.problems.append(f"KMS calls {run.calls}, want {wanted}")
-            results.append(run)
+            results.setdefault(label, []).append(run)
             print(f"    {label:<28} {seconds:7.2f} s", flush=True)
         engine.dispose()
     ok = print_kms(results, rows)
@@ -889,17 +930,19 @@ class KmsRun:
     problems: list[str] = field(default_factory=list)
 
 
-def print_kms(results: list[KmsRun], rows: int) -> bool:
+def print_kms(results: dict[str, list[KmsRun]], rows: int) -> bool:
     ok = True
-    serial = results[0].seconds / rows
+    best = {label: min(runs, key=lambda run: run.seconds) for label, runs in results.items()}
+    serial = next(iter(best.values())).seconds / rows
+    repeat = len(next(iter(results.values())))
     print()
+    print(f"best of {repeat} per case (and its CPU, load and calls); every run's seconds last")
     print(
         f"{'rewrap_column':<28}{'seconds':>8}{'rows/s':>8}{'µs/row':>8}{'CPU µs/row':>11}"
         f"{'fake µs/row':>12}{'CPU/wall':>9}{'load 1m':>10}{'speed-up':>10}{'bar':>5}"
-        f"  {'verdict':<10}"
-        f"{'CPU ceiling':>12}{'in flight':>10}  KMS calls"
+        f"  {'verdict':<10}{'CPU ceiling':>12}{'in flight':>10}  KMS calls / all (s)"
     )
-    for i, run in enumerate(results):
+    for i, (label, run) in enumerate(best.items()):
         per_row = run.seconds / rows
         cpu_per_row = run.cpu / rows
         speed_up = serial / per_row
@@ -910,17 +953,19 @@ def print_kms(results: list[KmsRun], rows: int) -> bool:
             ok = ok and passed
             bar_text, verdict = f"{SPEED_UP_BAR:g}x", "PASS" if passed else "BELOW BAR"
         load = "{:.1f}->{:.1f}".format(*run.load)
+        runs_text = " ".join(f"{r.seconds:.2f}" for r in results[label])
         print(
-            f"{run.label:<28}{run.seconds:>8.2f}{rows / run.seconds:>8,.0f}{per_row * 1e6:>8.0f}"
+            f"{label:<28}{run.seconds:>8.2f}{rows / run.seconds:>8,.0f}{per_row * 1e6:>8.0f}"
             f"{cpu_per_row * 1e6:>11.0f}{run.fake_cpu / rows * 1e6:>12.0f}"
             f"{run.cpu / run.seconds:>9.2f}{load:>10}"
             f"{speed_up:>9.2f}x{bar_text:>5}  {verdict:<10}{serial / cpu_per_row:>11.1f}x"
-            f"{run.in_flight:>10}  {run.calls}"
+            f"{run.in_flight:>10}  {run.calls} / {runs_text}"
         )
-    for run in results:
-        verdict = "OK" if not run.problems else "WRONG: " + "; ".join(run.problems)
-        print(f"  check {run.label:<28} -> {verdict}")
-        ok = ok and not run.problems
+    for label, runs in results.items():
+        problems = [p for run in runs for p in run.problems]
+        verdict = "OK" if not problems else "WRONG: " + "; ".join(problems)
+        print(f"  check {label:<28} ({len(runs)} runs) -> {verdict}")
+        ok = ok and not problems
     print(
         f"  expected per run: ReEncrypt = {rows:,} (one per value), no Decrypt, Encrypt or "
         "GenerateDataKey.\n  fake µs/row: the part of CPU µs/row spent in the fake's answers "
@@ -943,6 +988,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pg-url", default=PG_URL)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--kms-rows", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs per case (best)")
     parser.add_argument("--latency", type=float, default=0.005)
     parser.add_argument("--only", choices=("local", "kms"), default=None)
     parser.add_argument("--profile", action="store_true", help="cProfile one rewrap per db")
@@ -953,6 +999,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--source-keys", help=argparse.SUPPRESS)
     parser.add_argument("--target-keys", help=argparse.SUPPRESS)
     parser.add_argument("--check-keys", help=argparse.SUPPRESS)
+    parser.add_argument("--old-key", help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -979,7 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
         f"sizes: {', '.join(f'{s:,}' for s in sizes)} rows x {VALUE_LENGTH}-char str; "
-        f"db: {', '.join(dbs)}; batch_size: {args.batch_size}"
+        f"db: {', '.join(dbs)}; batch_size: {args.batch_size}; repeats: {args.repeat}"
     )
 
     started = time.perf_counter()
