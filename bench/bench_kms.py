@@ -81,7 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import machine, random_values
-from fake_kms import FakeKms
+from fake_kms import FakeKms, fake_aws_environment
 
 from sqla_envelope import EncryptedType, EncryptionContext, Encryptor, KmsKeyring, LocalKeyring
 
@@ -93,33 +93,6 @@ POOL_CONNECTIONS = 64  # max_pool_connections: >= every thread that may call KMS
 WARM_UP = {"bench": "warm-up"}  # context of the untimed warm-up, apart from the tables'
 
 # -- fake AWS ------------------------------------------------------------------------
-
-
-def fake_aws_environment() -> None:
-    """Fake credentials and nothing from ~/.aws or the environment: never real AWS."""
-    for name in (
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_KMS",
-        "AWS_MAX_ATTEMPTS",
-        "AWS_RETRY_MODE",
-        "AWS_CA_BUNDLE",
-        "AWS_ROLE_ARN",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-    ):
-        os.environ.pop(name, None)
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_SESSION_TOKEN": "bench",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-    )
 
 
 # -- scenarios ---------------------------------------------------------------------------
@@ -626,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, repeat = args.rows, args.repeat
     serial_rows = min(args.serial_rows, rows)
 
-    fake_aws_environment()
+    fake_aws_environment(REGION)
     fake = FakeKms(latency=args.latency)
     session = fake.attach(boto3.session.Session())
 

@@ -706,33 +706,6 @@ def scaling(args: argparse.Namespace, sizes: list[int], dbs: list[str]) -> bool:
 # -- part 2: KMS rewrap concurrency -------------------------------------------------------------
 
 
-def fake_aws_environment() -> None:
-    """Fake credentials and nothing from ~/.aws or the environment: never real AWS."""
-    for name in (
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_KMS",
-        "AWS_MAX_ATTEMPTS",
-        "AWS_RETRY_MODE",
-        "AWS_CA_BUNDLE",
-        "AWS_ROLE_ARN",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-    ):
-        os.environ.pop(name, None)
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_SESSION_TOKEN": "bench",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-    )
-
-
 def make_fake_kms(latency: float) -> Any:
     """bench/fake_kms.py's FakeKms, answering ReEncrypt as well, and timing its own CPU.
 
@@ -804,10 +777,11 @@ def timed(body: Callable[[], Any]) -> tuple[float, float, Any]:
 
 def kms_concurrency(args: argparse.Namespace) -> bool:
     import boto3
+    from fake_kms import fake_aws_environment
 
     from sqla_envelope import KmsKeyring
 
-    fake_aws_environment()
+    fake_aws_environment(REGION)
     fake = make_fake_kms(args.latency)
     session = fake.attach(boto3.session.Session())
     rows = args.kms_rows

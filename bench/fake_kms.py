@@ -231,3 +231,30 @@ class FakeKms:
                 "CurrentKeyMaterialId": material_id,
             }
         }
+
+
+def fake_aws_environment(region: str = "us-east-1") -> None:
+    """Fake credentials and nothing from ~/.aws or the environment: never real AWS."""
+    for name in (
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_KMS",
+        "AWS_MAX_ATTEMPTS",
+        "AWS_RETRY_MODE",
+        "AWS_CA_BUNDLE",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
+        os.environ.pop(name, None)
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_SESSION_TOKEN": "bench",
+            "AWS_DEFAULT_REGION": region,
+            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
