@@ -29,6 +29,7 @@ SKIP = object()
 # Errors that concern one row (its value cannot be read or written): recorded
 # against its primary key, and the run goes on unless it is strict.
 _ROW_ERRORS = (DecryptionError, InvalidValueError)
+MAX_LISTED = 1000
 
 
 @dataclass
@@ -43,12 +44,15 @@ class ColumnReport:
     changed: int = 0
     skipped: int = 0
     conflicts: int = 0
+    # The first MAX_LISTED failures by primary key; failure_count counts them all,
+    # so a run over a table whose key is gone does not hold a message per row.
     failures: list[tuple[tuple[Any, ...], str]] = field(default_factory=list)
+    failure_count: int = 0
     last_key: tuple[Any, ...] | None = None
 
     @property
     def failed(self) -> int:
-        return len(self.failures)
+        return max(self.failure_count, len(self.failures))
 
     def summary(self) -> str:
         if self.operation == "verify":
@@ -239,7 +243,9 @@ def walk_column(
                     if isinstance(outcome, _ROW_ERRORS):
                         if strict:
                             raise type(outcome)(f"row {keys!r}: {outcome}") from outcome
-                        report.failures.append((keys, str(outcome)))
+                        report.failure_count += 1
+                        if len(report.failures) < MAX_LISTED:
+                            report.failures.append((keys, str(outcome)))
                         log.warning(
                             "row %r of %s cannot be processed: %s", keys, table.fullname, outcome
                         )

@@ -350,3 +350,15 @@ def test_verify_reports_failing_primary_keys_without_values(
     assert [pk for pk, _ in report.failures] == [(7,)]
     assert report.examined == ROWS + 1
     assert all("ssn-" not in reason for _, reason in report.failures)
+
+
+def test_failures_listed_are_capped_but_all_counted(
+    engine: sa.Engine, people: sa.Table, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqla_envelope import walk
+
+    monkeypatch.setattr(walk, "MAX_LISTED", 3)
+    sqla_envelope.configure(Encryptor(LocalKeyring.generate("stranger")))
+    report = verify(engine, people.c.ssn, batch_size=10)
+    assert report.failed == ROWS  # every value is under a key this keyring lacks
+    assert len(report.failures) == 3
