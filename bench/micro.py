@@ -41,7 +41,6 @@ import argparse
 import gc
 import itertools
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import cryptography
+from bench_core import code_version  # one implementation for both scripts
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Column, Integer, MetaData, String, Table
 from sqlalchemy.dialects import sqlite
@@ -364,24 +364,6 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"  {max(runs) / min(runs):>16.2f}" if len(runs) > 1 else " " * len(spread)
         print(f"{name:<{width}}  {min(runs) * 1e6:>7.3f}{ratio}  {note}")
     return 0
-
-
-def code_version() -> str:
-    """The commit of the checkout, with '+dirty' if sqla_envelope/ has local changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "sqla_envelope"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    return (head or "unknown") + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":

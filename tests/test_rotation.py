@@ -114,7 +114,7 @@ def test_rewrap_resumes_after_an_interruption(
     assert rewrap(engine, people.c.ssn, new_keys, batch_size=10) == ROWS - 20
 
 
-def test_rewrap_never_overwrites_a_concurrent_write(
+def test_rewrap_keeps_writes_made_between_its_batches(
     engine: sa.Engine, people: sa.Table, old_keys: LocalKeyring
 ) -> None:
     new_keys = old_keys.with_new_primary("new")
