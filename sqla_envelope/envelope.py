@@ -33,6 +33,7 @@ __all__ = [
     "envelope_size",
     "header_size",
     "pack",
+    "pack_header",
     "unpack",
     "wrapped_keys_of",
 ]
@@ -112,14 +113,23 @@ def pack(wrapped_keys: Sequence[WrappedKey], nonce: bytes, sealed: bytes) -> byt
                     sealed,
                 )
             )
+    return b"".join((pack_header(wrapped_keys), nonce, sealed))
+
+
+def pack_header(wrapped_keys: Sequence[WrappedKey]) -> bytes:
+    """The bytes before the nonce: version, key count and every wrapped key.
+
+    ``pack_header(new_keys) + envelope[header_size:]`` re-wraps an envelope without
+    touching its ciphertext, which is all ``rewrap`` does.
+    """
+    if not 1 <= len(wrapped_keys) <= _MAX_KEYS:
+        raise ValueError(f"an envelope holds 1 to {_MAX_KEYS} wrapped keys")
     parts = [bytes((FORMAT_VERSION, len(wrapped_keys)))]
     for key_ref, blob in wrapped_keys:
         ref = key_ref.encode("ascii")
         if not 1 <= len(ref) <= _MAX_REF or not 1 <= len(blob) <= _MAX_WRAPPED:
             raise ValueError("key reference or wrapped key of unsupported size")
         parts.append(bytes((len(ref),)) + ref + len(blob).to_bytes(2, "big") + blob)
-    parts.append(nonce)
-    parts.append(sealed)
     return b"".join(parts)
 
 

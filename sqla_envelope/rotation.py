@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .context import EncryptionContext
 from .encryptor import Encryptor, get_default_encryptor
-from .envelope import WrappedKey, pack, unpack
+from .envelope import WrappedKey, header_size, pack_header, unpack, wrapped_keys_of
 from .errors import ConfigurationError, DecryptionError, MalformedEnvelopeError
 from .keyrings.base import Keyring, call_keyring
 from .types import EncryptedType
@@ -117,8 +117,11 @@ def rewrap_column(
         (stored,) = row
         if stored is None:
             return SKIP
-        envelope = unpack(load(stored))
-        keys = envelope.wrapped_keys
+        raw = load(stored)
+        # Parse by offset and keep the nonce and ciphertext as they are: only the
+        # header changes (unpack also validates what header_size cannot vouch for).
+        end = header_size(raw) or unpack(raw).header_size
+        keys = wrapped_keys_of(raw, end)
         if call_keyring(target, "check a key", target.is_primary, keys[0]):
             return SKIP
         wrapped: tuple[WrappedKey, ...] | None = None
@@ -132,7 +135,7 @@ def rewrap_column(
             wrapped = call_keyring(
                 target, "wrap a data key", target.wrap_data_key, data_key, context
             )
-        return store(pack(wrapped, envelope.nonce, envelope.sealed))
+        return store(pack_header(wrapped) + raw[end:])
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
     return walk_column(
