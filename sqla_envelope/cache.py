@@ -85,6 +85,10 @@ class KeyCache(Generic[V]):
             return entry
         return None
 
+    def entry(self, key: Hashable) -> tuple[float, V] | None:
+        """(expiry time, value) for ``key`` while it is fresh, else None; not counted."""
+        return self._fresh(key)
+
     def peek(self, key: Hashable) -> V | None:
         """The cached value for ``key`` or None, without counting or reordering."""
         entry = self._fresh(key)

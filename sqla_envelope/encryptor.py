@@ -77,9 +77,8 @@ class Encryptor:
         self.max_workers = max_workers
         # Unwrap a query's keys concurrently by default only where unwrapping waits
         # on a network (KMS); a local keyring is CPU-bound and gains nothing.
-        self.prefetch = (
-            bool(getattr(keyring, "unwraps_remotely", False)) if prefetch is None else prefetch
-        )
+        remote = getattr(keyring, "unwraps_remotely", False) or hasattr(keyring, "plan_unwraps")
+        self.prefetch = bool(remote) if prefetch is None else prefetch
         self._listeners: tuple[Listener, ...] = tuple(listeners)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_pid = 0
@@ -140,30 +139,44 @@ class Encryptor:
         if reserve is not None and count > 1:
             reserve(EncryptionContext.of(context), count)
 
-    def unwrap_all(self, envelopes: Iterable[bytes], context: Mapping[str, str] | None) -> int:
+    def unwrap_all(
+        self, envelopes: Iterable[bytes | None], context: Mapping[str, str] | None
+    ) -> int:
         """Unwrap the data keys of many envelopes concurrently into the key cache.
 
         Each distinct data key is unwrapped once, on up to ``max_workers`` threads,
         and at most ``cache_size`` of them (more would evict one another before
-        use). Decrypting the values afterwards then hits the cache. Returns the
-        number of keys unwrapped. A KeyringError (KMS down) is raised at once; a
-        value that cannot be decrypted is left for its own decrypt() to report.
+        use). Decrypting the values afterwards then hits the cache. A keyring with
+        a ``plan_unwraps`` method (KmsKeyring) picks the envelopes whose unwrap
+        needs its service, one per need (bounded reuse: one per wrapping key),
+        and only those are unwrapped here. Returns the number of keys unwrapped. A
+        KeyringError (KMS down) is raised at once; a value that cannot be
+        decrypted is left for its own decrypt() to report.
         """
         ctx = EncryptionContext.of(context)
         cache = self._cache
         if not cache.enabled:
             return 0  # nothing would be kept for the decrypts that follow
-        pending: dict[bytes, tuple[bytes, int]] = {}
+        framed: list[tuple[bytes, int]] = []
         for envelope in envelopes:
-            if envelope is None or len(pending) >= cache.maxsize:
+            if envelope is None:
                 continue
             try:
-                end = header_size(envelope) or unpack(envelope).header_size
+                framed.append((envelope, header_size(envelope) or unpack(envelope).header_size))
             except MalformedEnvelopeError:
                 continue  # decrypt() reports it, on its own row
+        # A keyring may pick the envelopes worth unwrapping ahead (bounded reuse:
+        # one per wrapping key); the others unwrap locally when decrypted.
+        plan = getattr(self.keyring, "plan_unwraps", None)
+        if plan is not None and framed:
+            framed = plan(framed, ctx)
+        pending: dict[bytes, tuple[bytes, int]] = {}
+        for envelope, end in framed:
             key = envelope[1:end]
             if key not in pending and cache.peek(key) is None:
                 pending[key] = (envelope, end)
+                if len(pending) >= cache.maxsize:
+                    break
         if not pending:
             return 0
         if len(pending) == 1 or self.max_workers == 1:

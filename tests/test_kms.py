@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
+import botocore
 import pytest
 import sqlalchemy as sa
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
@@ -28,6 +29,7 @@ from kms_server import (  # noqa: F401
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+import sqla_envelope
 from sqla_envelope import (
     ConfigurationError,
     DecryptionError,
@@ -241,6 +243,38 @@ class TestRequests:
             assert params["EncryptionContext"] == {"table": "people", "column": "ssn"}
             assert params["GrantTokens"] == ["grant-token-1"]
         assert enc.stats()["unwraps"] == 3 and enc.stats()["cache_hits"] == 3
+
+    def test_requests_name_the_library_in_their_user_agent(
+        self, key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder
+    ) -> None:
+        # What CloudTrail records as userAgent: the library, then boto3's usual parts.
+        agents: list[str] = []
+        recorder.session.events.register(
+            "before-send.kms", lambda request, **_: agents.append(request.headers["User-Agent"])
+        )
+        enc = Encryptor(new_keyring(key.arn))
+        assert enc.decrypt(enc.encrypt(SECRET, CTX), CTX) == SECRET
+        assert recorder.sends == ["GenerateDataKey", "Decrypt"] and len(set(agents)) == 1
+        agent = agents[0].decode() if isinstance(agents[0], bytes) else agents[0]
+        assert agent.startswith(f"sqla-envelope/{sqla_envelope.__version__} Boto3/")
+        assert f"Botocore/{botocore.__version__}" in agent
+
+    def test_a_user_agent_extra_of_the_session_is_kept(
+        self, key: Key, kms_endpoint: str, recorder: Recorder
+    ) -> None:
+        from botocore.config import Config
+
+        recorder.session._session.set_default_client_config(Config(user_agent_extra="app/7"))
+        agents: list[str] = []
+        recorder.session.events.register(
+            "before-send.kms", lambda request, **_: agents.append(request.headers["User-Agent"])
+        )
+        keyring = KmsKeyring(
+            key.arn, session=recorder.session, region_name=REGION, endpoint_url=kms_endpoint
+        )
+        Encryptor(keyring).encrypt(SECRET, CTX)
+        agent = agents[0].decode() if isinstance(agents[0], bytes) else agents[0]
+        assert agent.startswith("sqla-envelope/") and agent.endswith(" app/7")
 
     def test_direct_mode_never_reuses_a_data_key(
         self, key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder

@@ -276,3 +276,88 @@ def test_close_stops_workers_and_drops_pooled_keys(
     assert keyring._pool is not None and keyring._pool.pooled() == 0
     envelope = encryptor.encrypt(b"still works", {"table": "t", "column": "c"})
     assert encryptor.decrypt(envelope, {"table": "t", "column": "c"}) == b"still works"
+
+
+# -- bounded reuse: wrapping keys made ahead for a batch, fetched together for a read
+
+
+def _wrapping_keys(engine: sa.Engine) -> list[bytes]:
+    """The KMS ciphertext of each stored value's wrapping key, in id order."""
+    from sqla_envelope.keyrings._kms_blob import parse_blob
+
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT ssn FROM people ORDER BY id")).scalars().all()
+    return [
+        parse_blob(unpack_envelope(bytes(v)).wrapped_keys[0].blob).kms_ciphertext for v in stored
+    ]
+
+
+def test_bounded_reuse_makes_a_batchs_wrapping_keys_together_and_no_more(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    latency: Latency,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn, mode="bounded_reuse", max_rows=10)))
+    _insert(engine, person, 35)
+    assert recorder.operations().count("GenerateDataKey") == 4  # ceil(35 / 10), as row by row
+    assert latency.peak == 4  # all four at once: the flush waited one round trip, not four
+    wrapping = _wrapping_keys(engine)
+    # each wrapping key serves at most max_rows values, in the order rows were written
+    assert [wrapping.count(k) for k in dict.fromkeys(wrapping)] == [10, 10, 10, 5]
+    recorder.clear()
+    latency.peak = 0
+    _insert_more(engine, person, range(35, 50))  # 5 left on the current key, then 10 more
+    assert recorder.operations().count("GenerateDataKey") == 1 and latency.peak == 1
+    assert len(set(_wrapping_keys(engine))) == 5
+
+
+def _insert_more(engine: sa.Engine, person: type[Any], ids: range) -> None:
+    with Session(engine) as session:
+        session.add_all([person(id=i, ssn=f"{i:09d}") for i in ids])
+        session.commit()
+
+
+def test_bounded_reuse_read_fetches_a_results_wrapping_keys_together(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    latency: Latency,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn, mode="bounded_reuse", max_rows=10)))
+    _insert(engine, person, 35)
+    for prefetch, peak in ((False, 1), (True, 4)):
+        reader = Encryptor(new_keyring(key.arn, mode="bounded_reuse"))
+        sqla_envelope.configure(reader)
+        recorder.clear()
+        latency.peak = 0
+        with Session(engine) as session:
+            statement = sa.select(person).order_by(person.id)
+            options = {sqla_envelope.PREFETCH_OPTION: prefetch}
+            loaded = session.scalars(statement.execution_options(**options)).all()
+            assert [p.ssn for p in loaded] == [f"{i:09d}" for i in range(35)]
+        assert recorder.operations() == ["Decrypt"] * 4  # one per wrapping key, not per row
+        assert latency.peak == peak
+        assert reader.stats()["unwraps"] == 35  # each data key still unwrapped, locally
+
+
+def test_bounded_reuse_kms_failure_before_a_batch_stores_nothing(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn, mode="bounded_reuse", max_rows=10)))
+    recorder.fail("GenerateDataKey", "ThrottlingException")
+    with pytest.raises(KeyringError, match="ThrottlingException"):
+        _insert(engine, person, 35)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM people")).scalar() == 0
+    recorder.failures.clear()
+    _insert(engine, person, 35)  # KMS is back: the same batch goes through
+    assert len(set(_wrapping_keys(engine))) == 4

@@ -265,17 +265,24 @@ def test_a_forked_child_gets_its_own_wrapping_key(
 ) -> None:
     import os
 
+    def wrapping_key_of(envelope: bytes) -> bytes:
+        return parse_blob(unpack_envelope(envelope).wrapped_keys[0].blob).kms_ciphertext
+
     keyring = new_keyring(key.arn, mode="bounded_reuse")
     enc = Encryptor(keyring)
-    enc.encrypt(b"parent", USERS_SSN)
-    assert keyring._wrapping
+    parents = wrapping_key_of(enc.encrypt(b"parent", USERS_SSN))
+    assert wrapping_key_of(enc.encrypt(b"parent again", USERS_SSN)) == parents
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read)
-        os.write(write, b"empty" if not keyring._wrapping else b"shared")
-        os._exit(0)
+        try:
+            os.write(write, wrapping_key_of(enc.encrypt(b"child", USERS_SSN)))
+        finally:
+            os._exit(0)
     os.close(write)
-    answer = os.read(read, 10)
+    childs = b"".join(iter(lambda: os.read(read, 4096), b""))
     os.waitpid(pid, 0)
-    assert answer == b"empty"
+    # Its own GenerateDataKey: the parent's key never serves more than max_rows values.
+    assert childs and childs != parents
+    assert wrapping_key_of(enc.encrypt(b"parent once more", USERS_SSN)) == parents

@@ -17,7 +17,16 @@ from typing import NamedTuple
 from ..aead import LOCAL_WRAPPED_SIZE
 from ..errors import MalformedEnvelopeError
 
-__all__ = ["DIRECT", "REUSE", "KmsBlob", "direct_blob", "parse_blob", "reuse_blob"]
+__all__ = [
+    "DIRECT",
+    "REUSE",
+    "KmsBlob",
+    "direct_blob",
+    "is_reuse",
+    "parse_blob",
+    "reuse_blob",
+    "split_reuse",
+]
 
 DIRECT = 0x01
 REUSE = 0x02
@@ -46,3 +55,19 @@ def parse_blob(blob: bytes) -> KmsBlob:
         if end > 3 and len(blob) == end + LOCAL_WRAPPED_SIZE:
             return KmsBlob(REUSE, blob[3:end], blob[end:])
     raise MalformedEnvelopeError("not a KMS-wrapped data key of a mode this library knows")
+
+
+def is_reuse(blob: bytes) -> bool:
+    return blob[:1] == b"\x02"
+
+
+def split_reuse(blob: bytes) -> tuple[bytes, bytes]:
+    """(everything up to the local wrap, the local wrap) of a bounded-reuse copy, unchecked.
+
+    The per-value read path: the first part names the wrapping key (its KMS
+    ciphertext), so it is what the wrapping-key cache is keyed by. It is checked
+    with ``parse_blob`` once, when that wrapping key is first loaded; a later copy
+    with the same first part is the same bytes, and a wrong-sized local wrap is
+    refused by the unwrap itself.
+    """
+    return blob[:-LOCAL_WRAPPED_SIZE], blob[-LOCAL_WRAPPED_SIZE:]

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, get_args
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
-from ..aead import DATA_KEY_SIZE, LocalKeyWrapper, random_bytes
-from ..cache import KeyCache
+from ..aead import DATA_KEY_SIZE, LOCAL_WRAPPED_SIZE, LocalKeyWrapper, random_bytes
 from ..context import EncryptionContext
-from ..envelope import WrappedKey
-from ..errors import ConfigurationError, DecryptionError, KeyringError
-from ._kms_blob import DIRECT, direct_blob, parse_blob, reuse_blob
+from ..envelope import WrappedKey, wrapped_keys_of
+from ..errors import ConfigurationError, DecryptionError, KeyringError, MalformedEnvelopeError
+from ._kms_blob import DIRECT, direct_blob, is_reuse, parse_blob, reuse_blob
 from ._kms_clients import KmsClients, RetryMode, arn_parts, is_key_arn
 from ._kms_errors import kms_failure
 from ._kms_pool import DataKeyPool
+from ._kms_reuse import ReuseKeys, WrappingKey
 from .base import DataKey
 
 if TYPE_CHECKING:
@@ -29,14 +28,6 @@ __all__ = ["KmsKeyring"]
 
 _T = TypeVar("_T")
 CostMode = Literal["direct", "bounded_reuse"]
-
-
-class _WrappingKey(NamedTuple):
-    """A KMS-generated key that wraps up to ``max_rows`` data keys locally."""
-
-    wrapper: LocalKeyWrapper
-    copies: tuple[tuple[str, bytes], ...]  # (key ARN, KMS ciphertext), primary first
-    expires: float
 
 
 class KmsKeyring:
@@ -146,11 +137,15 @@ class KmsKeyring:
         self.max_rows = max_rows
         self.max_age = float(max_age)
         self._clock = clock
-        # bounded reuse: the current wrapping key per context, and its use count
-        self._wrapping: dict[bytes, tuple[_WrappingKey, int]] = {}
-        self._wrapping_lock = threading.Lock()
-        # bounded reuse, reading: unwrapped wrapping keys, one KMS Decrypt each
-        self._unwrapped: KeyCache[LocalKeyWrapper] = KeyCache(10_000, self.max_age, clock=clock)
+        # bounded reuse: wrapping keys for writing (made ahead for batches) and reading
+        self._reuse = ReuseKeys(
+            self._new_wrapping_key,
+            self._decrypt,
+            max_rows=max_rows,
+            max_age=self.max_age,
+            workers=prefetch_workers,
+            clock=clock,
+        )
         _KEYRINGS.add(self)
         # direct mode, writing: data keys generated ahead by worker threads
         self._pool = (
@@ -160,8 +155,9 @@ class KmsKeyring:
         )
 
     # Unwrapping waits on the network in direct mode (a Decrypt per value), so
-    # Encryptors prefetch a query's keys concurrently; bounded reuse unwraps
-    # locally once its wrapping key is known, where threads would only cost.
+    # Encryptors prefetch a query's keys concurrently and rewrap runs many
+    # workers; bounded reuse unwraps locally once its wrapping key is known, so
+    # its prefetch fetches only the wrapping keys (plan_unwraps).
     unwraps_remotely = True
 
     @property
@@ -198,10 +194,56 @@ class KmsKeyring:
 
         Called by the Encryptor before a multi-row INSERT or UPDATE; in direct mode
         with ``prefetch`` > 0 the keys come from up to ``prefetch`` concurrent
-        GenerateDataKey calls, so the rows do not wait one KMS round trip each.
+        GenerateDataKey calls, so the rows do not wait one KMS round trip each. In
+        bounded reuse, the wrapping keys the rows will use up are generated now,
+        concurrently (at most ``prefetch_workers``); the calls are the same ones
+        writing the rows would make.
         """
-        if self._pool is not None:
+        if self.mode == "bounded_reuse":
+            self._reuse.reserve(context, count)
+        elif self._pool is not None:
             self._pool.reserve(context, count)
+
+    def plan_unwraps(
+        self, envelopes: Sequence[tuple[bytes, int]], context: EncryptionContext
+    ) -> list[tuple[bytes, int]]:
+        """Of a query's envelopes (each with its header size), the ones to unwrap ahead.
+
+        Used by ``Encryptor.unwrap_all`` to make, concurrently, every KMS call a
+        batch of rows needs, and no more. In direct mode every data key is a
+        Decrypt of its own: all of them. In bounded reuse, one envelope per
+        wrapping key not yet unwrapped here; the rest unwrap locally when their
+        rows are decrypted. Rows written together share a wrapping key and sit
+        together, so a row whose header matches the previous row's up to its
+        local wrap (the last bytes of a one-copy header) is passed over without
+        being parsed.
+        """
+        if self.mode == "direct":
+            return list(envelopes)
+        chosen: list[tuple[bytes, int]] = []
+        needs: set[Hashable] = set()
+        same_as_last, last_end = b"", -1
+        for envelope, end in envelopes:
+            if end == last_end and envelope.startswith(same_as_last):
+                continue
+            try:
+                wrapped_keys = wrapped_keys_of(envelope, end)
+            except MalformedEnvelopeError:
+                continue  # decrypt() reports it, on its own row
+            candidates = self._candidates(wrapped_keys)
+            if not candidates:
+                continue
+            key_ref, blob = candidates[0]
+            need: Hashable | None = (key_ref, blob)
+            last_end = -1
+            if is_reuse(blob):
+                need = self._reuse.group(key_ref, blob, context)
+                if len(wrapped_keys) == 1:
+                    same_as_last, last_end = envelope[: end - LOCAL_WRAPPED_SIZE], end
+            if need is not None and need not in needs:
+                needs.add(need)
+                chosen.append((envelope, end))
+        return chosen
 
     def close(self) -> None:
         """Stop the prefetch workers and forget pooled data keys; the keyring still works."""
@@ -238,6 +280,11 @@ class KmsKeyring:
         region down, throttling) moves on to the next held copy of the same data
         key; a DecryptionError (altered, wrong context) stops at once.
         """
+        if len(wrapped_keys) == 1 and is_reuse(wrapped_keys[0].blob):
+            # The bounded-reuse read path, once per value: one copy, unwrapped locally.
+            key_ref, blob = wrapped_keys[0]
+            if key_ref == self.key_id or key_ref == self._arns.get(self.key_id):
+                return self._reuse.unwrap(key_ref, blob, context)
         first_error: KeyringError | None = None
         for key_ref, blob in self._candidates(wrapped_keys):
             try:
@@ -254,18 +301,10 @@ class KmsKeyring:
         )
 
     def _unwrap_copy(self, key_ref: str, blob: bytes, context: EncryptionContext) -> bytes:
-        mode, kms_ciphertext, local_wrap = parse_blob(blob)
-        if mode == DIRECT:
-            return self._decrypt(key_ref, kms_ciphertext, context)
-        # Bounded reuse: one KMS Decrypt per wrapping key, then a local unwrap.
-        wrapper = self._unwrapped.get_or_load(
-            (key_ref, kms_ciphertext, context.canonical),
-            self._load_wrapper,
-            key_ref,
-            kms_ciphertext,
-            context,
-        )
-        return wrapper.unwrap(local_wrap, context.canonical)
+        if is_reuse(blob):
+            # Bounded reuse: one KMS Decrypt per wrapping key, then a local unwrap.
+            return self._reuse.unwrap(key_ref, blob, context)
+        return self._decrypt(key_ref, parse_blob(blob).kms_ciphertext, context)
 
     def reencrypt_data_key(
         self, wrapped_keys: Sequence[WrappedKey], context: EncryptionContext
@@ -316,40 +355,18 @@ class KmsKeyring:
     # -- bounded reuse -----------------------------------------------------------
 
     def _wrap_locally(self, data_key: bytes, context: EncryptionContext) -> tuple[WrappedKey, ...]:
-        wrapping = self._current_wrapping_key(context)
+        wrapping = self._reuse.current(context)
         local_wrap = wrapping.wrapper.wrap(data_key, context.canonical)
         return tuple(WrappedKey(arn, reuse_blob(kms, local_wrap)) for arn, kms in wrapping.copies)
 
-    def _current_wrapping_key(self, context: EncryptionContext) -> _WrappingKey:
-        """The context's wrapping key, replaced after ``max_rows`` uses or ``max_age`` s.
-
-        The lock is held through the KMS call on purpose: when a key runs out, one
-        thread fetches the next and the others wait for it, instead of each
-        paying a GenerateDataKey of its own.
-        """
-        with self._wrapping_lock:
-            current = self._wrapping.get(context.canonical)
-            if current is not None:
-                wrapping, uses = current
-                if uses < self.max_rows and self._clock() < wrapping.expires:
-                    self._wrapping[context.canonical] = (wrapping, uses + 1)
-                    return wrapping
-            response = self._generate(context)
-            plaintext = response["Plaintext"]
-            copies = [(response["KeyId"], response["CiphertextBlob"])]
-            for extra in self.additional_key_ids:
-                wrapped = self._encrypt(extra, plaintext, context, raw=True)
-                copies.append((wrapped.key_ref, wrapped.blob))
-            wrapping = _WrappingKey(
-                LocalKeyWrapper(plaintext), tuple(copies), self._clock() + self.max_age
-            )
-            self._wrapping[context.canonical] = (wrapping, 1)
-            return wrapping
-
-    def _load_wrapper(
-        self, key_ref: str, kms_ciphertext: bytes, context: EncryptionContext
-    ) -> LocalKeyWrapper:
-        return LocalKeyWrapper(self._decrypt(key_ref, kms_ciphertext, context))
+    def _new_wrapping_key(self, context: EncryptionContext) -> WrappingKey:
+        response = self._generate(context)
+        plaintext = response["Plaintext"]
+        copies = [(response["KeyId"], response["CiphertextBlob"])]
+        for extra in self.additional_key_ids:
+            wrapped = self._encrypt(extra, plaintext, context, raw=True)
+            copies.append((wrapped.key_ref, wrapped.blob))
+        return WrappingKey(LocalKeyWrapper(plaintext), tuple(copies), self._clock() + self.max_age)
 
     # -- KMS calls -------------------------------------------------------------
 
@@ -464,8 +481,7 @@ def _reset_in_child() -> None:
     user passed in are kept; the ones the keyring built are rebuilt on first use.
     """
     for keyring in list(_KEYRINGS):
-        keyring._wrapping = {}
-        keyring._wrapping_lock = threading.Lock()
+        keyring._reuse.reset()
         keyring._clients.reset()
 
 
