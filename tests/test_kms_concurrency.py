@@ -92,9 +92,9 @@ def people(tmp_path: Any) -> Iterator[tuple[sa.Engine, type[Any]]]:
     sqla_envelope.configure(None)
 
 
-def _insert(engine: sa.Engine, person: type[Any], count: int) -> None:
+def _insert(engine: sa.Engine, person: type[Any], count: int, start: int = 0) -> None:
     with Session(engine) as session:
-        session.add_all([person(id=i, ssn=f"{i:09d}") for i in range(count)])
+        session.add_all([person(id=i, ssn=f"{i:09d}") for i in range(start, start + count)])
         session.commit()
 
 
@@ -309,15 +309,9 @@ def test_bounded_reuse_makes_a_batchs_wrapping_keys_together_and_no_more(
     assert [wrapping.count(k) for k in dict.fromkeys(wrapping)] == [10, 10, 10, 5]
     recorder.clear()
     latency.peak = 0
-    _insert_more(engine, person, range(35, 50))  # 5 left on the current key, then 10 more
+    _insert(engine, person, 15, start=35)  # 5 left on the current key, then 10 more
     assert recorder.operations().count("GenerateDataKey") == 1 and latency.peak == 1
     assert len(set(_wrapping_keys(engine))) == 5
-
-
-def _insert_more(engine: sa.Engine, person: type[Any], ids: range) -> None:
-    with Session(engine) as session:
-        session.add_all([person(id=i, ssn=f"{i:09d}") for i in ids])
-        session.commit()
 
 
 def test_bounded_reuse_read_fetches_a_results_wrapping_keys_together(
