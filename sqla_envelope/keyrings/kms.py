@@ -210,16 +210,15 @@ class KmsKeyring:
         """Of a query's envelopes (each with its header size), the ones to unwrap ahead.
 
         Used by ``Encryptor.unwrap_all`` to make, concurrently, every KMS call a
-        batch of rows needs, and no more. In direct mode every data key is a
-        Decrypt of its own: all of them. In bounded reuse, one envelope per
-        wrapping key not yet unwrapped here; the rest unwrap locally when their
-        rows are decrypted. Rows written together share a wrapping key and sit
+        batch of rows needs, and no more. Decided per stored copy, not by this
+        keyring's mode, since either mode reads both: a direct-mode copy is a
+        Decrypt of its own; for bounded-reuse copies, one envelope per wrapping
+        key not yet unwrapped here, the rest unwrapping locally when their rows
+        are decrypted. Rows written together share a wrapping key and sit
         together, so a row whose header matches the previous row's up to its
         local wrap (the last bytes of a one-copy header) is passed over without
         being parsed.
         """
-        if self.mode == "direct":
-            return list(envelopes)
         chosen: list[tuple[bytes, int]] = []
         needs: set[Hashable] = set()
         same_as_last, last_end = b"", -1
