@@ -195,7 +195,9 @@ def reencrypt(
     context after a rename (``from_context`` is the context they were written
     with, e.g. ``{"table": "old_name", "column": "ssn"}``). Values already readable
     under the current context are skipped when ``from_context`` is given, which
-    makes that form idempotent; without it every value is re-encrypted, and a
+    makes that form idempotent (such a value is recognised after it fails to open
+    under ``from_context``, so a first run costs one unwrap per row and no failed
+    one); without it every value is re-encrypted, and a
     stopped run resumes with ``start_after`` (the report's ``last_key``).
     """
     table, col, type_ = encrypted_column(column)
@@ -210,15 +212,24 @@ def reencrypt(
         if stored is None:
             return SKIP
         envelope = load(stored)
-        if previous != current:
+        try:
+            plaintext = source.open(envelope, previous)
+        except MalformedEnvelopeError:
+            raise
+        except DecryptionError:
+            if previous == current:
+                raise
+            # Moved already (a run resumed or repeated)? Then there is nothing to do.
+            # Tried second, so that a first run makes one unwrap per row, and no
+            # failed KMS Decrypt that an audit would have to explain.
             try:
                 target.open(envelope, current)
-                return SKIP
-            except MalformedEnvelopeError:
-                raise
             except DecryptionError:
-                pass  # not yet under the current context: re-encrypt it below
-        return store(target.seal(source.open(envelope, previous), current))
+                pass
+            else:
+                return SKIP
+            raise
+        return store(target.seal(plaintext, current))
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
     return walk_column(

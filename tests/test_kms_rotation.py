@@ -133,3 +133,38 @@ def test_a_kms_outage_during_rewrap_stops_cleanly(
 @pytest.fixture
 def key(make_key: Callable[..., Key]) -> Key:
     return make_key()
+
+
+def test_reencrypt_after_a_rename_makes_one_decrypt_per_row_and_none_that_fails(
+    key: Any,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    tmp_path: Any,
+) -> None:
+    from sqla_envelope.rotation import reencrypt
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'renamed.db'}")
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn)))
+    md = sa.MetaData()
+    old = sa.Table("old_name", md, sa.Column("id", sa.Integer, primary_key=True),
+                   sa.Column("token", EncryptedType(sa.String)))  # fmt: skip
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(old.insert(), [{"id": i, "token": f"tok-{i}"} for i in range(6)])
+        conn.execute(sa.text("ALTER TABLE old_name RENAME TO new_name"))
+    new = sa.Table("new_name", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                   sa.Column("token", EncryptedType(sa.String)))  # fmt: skip
+    moved_from = {"table": "old_name", "column": "token"}
+    recorder.clear()
+    assert reencrypt(engine, new.c.token, from_context=moved_from).changed == 6
+    assert recorder.operations().count("Decrypt") == 6
+    assert recorder.sends.count("Decrypt") == 6  # no attempt KMS refused
+    assert all(p["EncryptionContext"] == moved_from for p in recorder.params("Decrypt"))
+    recorder.clear()
+    again = reencrypt(engine, new.c.token, from_context=moved_from)
+    assert (again.changed, again.skipped) == (0, 6)  # idempotent: recognised, not redone
+    assert "GenerateDataKey" not in recorder.operations()
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(new.c.token)).scalars()) == [
+            f"tok-{i}" for i in range(6)
+        ]
