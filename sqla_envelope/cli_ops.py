@@ -22,7 +22,7 @@ from .keyrings.base import Keyring
 from .migrations import decrypt_column, encrypt_column
 from .rotation import reencrypt, rewrap_column, verify
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "run_options"]
 
 _IN_PLACE = ("string", "binary", "json")
 
@@ -185,7 +185,7 @@ def add_commands(
     )
     _table_options(rewrap, "the keys that read the current values (the column's encryptor)")
     _target_options(rewrap, "required")
-    _run_options(rewrap, writes=True)
+    run_options(rewrap.add_argument_group("the run"), writes=True)
 
     reencrypt_parser = command(
         "reencrypt",
@@ -211,7 +211,7 @@ def add_commands(
         help="the context the values were written with, after a rename, e.g. "
         '\'{"table": "people", "column": "ssn"}\'',
     )
-    _run_options(reencrypt_parser, writes=True)
+    run_options(reencrypt_parser.add_argument_group("the run"), writes=True)
 
     encrypt = command(
         "encrypt-column",
@@ -234,7 +234,7 @@ def add_commands(
         "--from-column", metavar="NAME", help="the plaintext column to encrypt into --column"
     )
     _logical_option(where, "string, or the type of --from-column")
-    _run_options(encrypt, writes=True)
+    run_options(encrypt.add_argument_group("the run"), writes=True)
 
     decrypt = command(
         "decrypt-column",
@@ -254,7 +254,7 @@ def add_commands(
     where = _table_options(decrypt, "the keys that read the values")
     where.add_argument("--to-column", metavar="NAME", help="the plaintext column to decrypt into")
     _logical_option(where, "string, or the type of --to-column")
-    _run_options(decrypt, writes=True)
+    run_options(decrypt.add_argument_group("the run"), writes=True)
 
     check = command(
         "verify",
@@ -269,7 +269,7 @@ def add_commands(
     )
     where = _table_options(check, "the keys that read the values")
     _logical_option(where, "binary: decrypting is the check")
-    _run_options(check, writes=False)
+    run_options(check.add_argument_group("the run"), writes=False)
 
 
 def _table_options(parser: argparse.ArgumentParser, keys: str) -> argparse._ArgumentGroup:
@@ -320,21 +320,31 @@ def _logical_option(group: argparse._ArgumentGroup, default: str) -> None:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise ValueError(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
     return value
 
 
-def _run_options(parser: argparse.ArgumentParser, *, writes: bool) -> None:
-    group = parser.add_argument_group("the run")
+def run_options(group: argparse._ArgumentGroup, *, writes: bool, resumable: bool = True) -> None:
+    """The options of a run over a column, checked the same here and in manage.py.
+
+    ``writes`` adds --dry-run and --strict; ``resumable`` adds --shard (and, with
+    ``writes``, --start-after).
+    """
     group.add_argument(
         "--batch-size",
         type=_positive,
@@ -342,19 +352,21 @@ def _run_options(parser: argparse.ArgumentParser, *, writes: bool) -> None:
         metavar="N",
         help="rows per transaction (default: %(default)s)",
     )
-    group.add_argument(
-        "--shard",
-        metavar="I/N",
-        help="walk part I of N of an integer primary key's range, so N processes share a "
-        "table (0/4 .. 3/4)",
-    )
-    if writes:
+    if resumable:
+        group.add_argument(
+            "--shard",
+            metavar="I/N",
+            help="walk part I of N of an integer primary key's range, so N processes share "
+            "a table (0/4 .. 3/4)",
+        )
+    if writes and resumable:
         group.add_argument(
             "--start-after",
             metavar="PK",
             help="resume after this primary key (comma-separated for a composite key, or a "
             "JSON array), as printed when a run stops",
         )
+    if writes:
         group.add_argument(
             "--dry-run", action="store_true", help="count what would change, write nothing"
         )
@@ -368,5 +380,5 @@ def _run_options(parser: argparse.ArgumentParser, *, writes: bool) -> None:
         type=_seconds,
         default=5.0,
         metavar="SECONDS",
-        help="when stderr is not a terminal, a progress line this often (default: %(default)s)",
+        help="when not on a terminal, a progress line this often (default: %(default)s)",
     )

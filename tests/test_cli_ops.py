@@ -693,6 +693,23 @@ def test_usage_errors_exit_2_with_one_line(
 
 
 @pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--batch-size", "0", "'0' is not a whole number of at least 1"),
+        ("--batch-size", "ten", "'ten' is not a whole number of at least 1"),
+        ("--progress-interval", "-1", "'-1' is not a number of seconds, 0 or more"),
+        ("--progress-interval", "nan", "'nan' is not a number of seconds, 0 or more"),
+    ],
+)
+def test_bad_run_options_exit_2_and_say_why(
+    keys: Keys, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    argv = ["--url", "sqlite://", "--table", "t", "--column", "c", "--key-file", keys.old_file]
+    assert main(["verify", *argv, option, value]) == 2
+    assert f"argument {option}: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["encrypt-column", "--logical", "integer"], "--logical integer values cannot be changed"),

@@ -519,6 +519,14 @@ class TestVerify:
         with pytest.raises(CommandError, match="no table 'nope'"):
             run("envelope_verify", "--table", "nope", "--column", "x")
 
+    @pytest.mark.parametrize(
+        ("option", "value"), [("--batch-size", "0"), ("--progress-interval", "-5")]
+    )
+    def test_bad_run_options_are_refused_before_any_work(self, option: str, value: str) -> None:
+        # the same checks as the sqla-envelope command line (cli_ops.run_options)
+        with pytest.raises(CommandError, match=f"argument {option}: '{value}' is not a"):
+            run("envelope_rewrap", "--attribute", ATTRIBUTE, option, value)
+
 
 class TestEncryptColumn:
     @pytest.fixture

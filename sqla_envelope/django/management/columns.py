@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from ...cli_job import UsageError, describe, json_context
+from ...cli_ops import run_options
 from ...errors import ConfigurationError, DecryptionError, EnvelopeError
 from ...progress import RunDisplay
 from ...rotation import encrypted_column
@@ -106,30 +107,7 @@ class ColumnCommand(BaseCommand):  # type: ignore[misc]
             help="the alias in DATABASES (default: SQLA_ENVELOPE['DATABASE'] or 'default')",
         )
         self.add_command_arguments(parser)
-        run = parser.add_argument_group("the run")
-        run.add_argument(
-            "--batch-size",
-            type=int,
-            default=1000,
-            metavar="N",
-            help="rows per transaction (default: %(default)s)",
-        )
-        if self.writes:
-            run.add_argument(
-                "--dry-run", action="store_true", help="count what would change, write nothing"
-            )
-            run.add_argument(
-                "--strict",
-                action="store_true",
-                help="stop at the first row that cannot be decrypted, instead of reporting it",
-            )
-        run.add_argument(
-            "--progress-interval",
-            type=float,
-            default=5.0,
-            metavar="SECONDS",
-            help="a progress line this often (default: %(default)s)",
-        )
+        run_options(parser.add_argument_group("the run"), writes=self.writes, resumable=False)
 
     def add_command_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Options of one command, shown between the column's and the run's."""
@@ -144,8 +122,6 @@ class ColumnCommand(BaseCommand):  # type: ignore[misc]
         raise NotImplementedError
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["batch_size"] < 1:
-            raise CommandError("--batch-size must be at least 1")
         with contextlib.ExitStack() as stack:
             try:
                 target = self.target(get_engine(options["database"]), options)
