@@ -40,7 +40,18 @@ random_bytes = os.urandom
 # decryption, which is why the key cache holds these objects, not raw key bytes.
 # AESGCM objects never expose their key in repr.
 DataKeyCipher = AESGCM
-data_key_cipher = AESGCM
+
+
+def data_key_cipher(data_key: bytes) -> AESGCM:
+    """The AES-256-GCM cipher of a data key; ValueError for a key of another size.
+
+    AESGCM itself would accept a 16-byte key: a keyring handing one out must fail,
+    not downgrade values to AES-128.
+    """
+    if len(data_key) != DATA_KEY_SIZE:
+        raise ValueError(f"a data key of {len(data_key)} bytes, not {DATA_KEY_SIZE}")
+    return AESGCM(data_key)
+
 
 _VALUE_FAILED = (
     "value failed authentication: it was altered, copied from another column or "

@@ -184,7 +184,7 @@ def _float_codec(type_: sqltypes.TypeEngine[Any]) -> Codec:
         if isinstance(value, (float, int, decimal.Decimal)) and not isinstance(value, bool):
             try:
                 return pack(float(value))
-            except OverflowError:
+            except (OverflowError, ValueError):  # ValueError: Decimal("sNaN")
                 raise InvalidValueError("number out of the float range") from None
         raise _wrong_type("float", value)
 

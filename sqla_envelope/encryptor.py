@@ -224,6 +224,7 @@ class Encryptor:
         started = perf_counter() if self._listeners else 0.0
         try:
             data_key = self.keyring.generate_data_key(context)
+            cipher = data_key_cipher(data_key.plaintext)  # refuses a key of the wrong size
         except Exception as exc:
             if self._listeners:
                 self._emit("wrap", context, "", False, started, exc)
@@ -233,9 +234,7 @@ class Encryptor:
         if self._listeners:
             self._emit("wrap", context, data_key.wrapped_keys[0].key_ref, False, started)
         nonce = random_bytes(NONCE_SIZE)
-        sealed = data_key_cipher(data_key.plaintext).encrypt(
-            nonce, plaintext, _V1_AAD_PREFIX + context.canonical
-        )
+        sealed = cipher.encrypt(nonce, plaintext, _V1_AAD_PREFIX + context.canonical)
         return pack(data_key.wrapped_keys, nonce, sealed)
 
     def open(self, envelope: bytes, context: EncryptionContext) -> bytes:
@@ -262,7 +261,7 @@ class Encryptor:
         next(self._unwraps)
         started = perf_counter() if self._listeners else 0.0
         try:
-            data_key = self.keyring.unwrap_data_key(wrapped_keys, context)
+            cipher = data_key_cipher(self.keyring.unwrap_data_key(wrapped_keys, context))
         except Exception as exc:
             if self._listeners:
                 self._emit("unwrap", context, wrapped_keys[0].key_ref, False, started, exc)
@@ -271,7 +270,7 @@ class Encryptor:
             raise keyring_failure(self.keyring, "unwrap a data key", exc) from exc
         if self._listeners:
             self._emit("unwrap", context, wrapped_keys[0].key_ref, False, started)
-        return data_key_cipher(data_key)
+        return cipher
 
     # -- audit events -------------------------------------------------------------------
 

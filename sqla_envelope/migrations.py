@@ -12,7 +12,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .envelope import header_size, unpack
 from .errors import ConfigurationError, DecryptionError, MalformedEnvelopeError
 from .rotation import (
     Bind,
@@ -43,14 +42,17 @@ def _plain_column(column: Any) -> sa.Column[Any]:
     return target
 
 
-def _is_envelope(stored: Any, load: Any, opens: Any) -> bool:
-    """True if ``stored`` is an envelope that decrypts under the column's context."""
+def _is_envelope(stored: Any, type_: EncryptedType, load: Any, opens: Any) -> bool:
+    """True if ``stored`` is an envelope that decrypts, False if it is plaintext.
+
+    Raises for a value that starts like an envelope and does not decrypt: a
+    damaged envelope is reported, never taken for plaintext and encrypted again.
+    """
     try:
-        envelope = load(stored)
-        if not header_size(envelope):
-            unpack(envelope)  # raises MalformedEnvelopeError unless a multi-key envelope
-        opens(envelope)
+        opens(load(stored))
     except MalformedEnvelopeError:
+        if type_.looks_like_envelope(stored):
+            raise
         return False
     return True
 
@@ -100,7 +102,7 @@ def encrypt_column(
 
         def in_place(row: tuple[Any, ...]) -> Any:
             (stored,) = row
-            if stored is None or _is_envelope(stored, load, opens):
+            if stored is None or _is_envelope(stored, type_, load, opens):
                 return SKIP
             plaintext = stored.encode("utf-8") if isinstance(stored, str) else bytes(stored)
             try:
@@ -117,7 +119,7 @@ def encrypt_column(
 
         def from_source(row: tuple[Any, ...]) -> Any:
             stored, value = row
-            if value is None or (stored is not None and _is_envelope(stored, load, opens)):
+            if value is None or (stored is not None and _is_envelope(stored, type_, load, opens)):
                 return SKIP
             return seal(value)
 
@@ -173,10 +175,11 @@ def decrypt_column(
                 return SKIP
             try:
                 envelope = load(stored)
-                unpack(envelope)
+                plaintext = encryptor.open(envelope, context)
             except MalformedEnvelopeError:
+                if type_.looks_like_envelope(stored):
+                    raise  # damaged: reported, not left behind as if it were plaintext
                 return SKIP  # plaintext already
-            plaintext = encryptor.open(envelope, context)
             return plaintext.decode("utf-8") if as_text else plaintext
 
         transform, read, guard, write = in_place, [col], [col], col

@@ -16,9 +16,12 @@ from sqlalchemy.types import to_instance
 from .codecs import Codec, codec_for
 from .context import EncryptionContext
 from .encryptor import Encryptor, get_default_encryptor
+from .envelope import FORMAT_VERSION
 from .errors import (
     ConfigurationError,
     DecryptionError,
+    InvalidValueError,
+    KeyringError,
     MalformedEnvelopeError,
     UnsupportedComparisonError,
 )
@@ -40,6 +43,8 @@ _ALLOWED_OPERATORS = frozenset(
     }
 )
 _NULL_COMPARISONS = frozenset({operators.eq, operators.ne})
+# How every stored envelope starts: what allow_plaintext will not read as plaintext.
+_VERSION_BYTE = bytes((FORMAT_VERSION,))
 # Logical types whose encoding is small and bounded: a 64 KiB BLOB holds them on MySQL.
 _SMALL_STRING = 8_000
 
@@ -164,7 +169,9 @@ class EncryptedType(TypeDecorator[Any]):
         """Returns the function SQLAlchemy calls for each parameter at execution time.
 
         Written as one closure (not process_bind_param) so the per-value path is a
-        codec call, one encrypt and nothing else.
+        codec call, one encrypt and nothing else. A value that cannot be encoded or
+        encrypted raises one of our errors, never another exception: SQLAlchemy would
+        wrap that in a StatementError quoting every parameter of the row.
         """
         encode = self._codec.encode
         fixed = self.encryptor
@@ -178,8 +185,15 @@ class EncryptedType(TypeDecorator[Any]):
             if context is None:
                 context = self.encryption_context()
             encryptor = fixed if fixed is not None else get_default_encryptor()
-            envelope = encryptor.seal(encode(value), context)
-            return base64.b64encode(envelope).decode("ascii") if as_text else envelope
+            try:
+                envelope = encryptor.seal(encode(value), context)
+            except (KeyringError, ConfigurationError):
+                raise  # about the keys, not the value; the cause stays chained
+            except Exception as exc:  # re-raised below, holding nothing of the value
+                failure = exc
+            else:
+                return base64.b64encode(envelope).decode("ascii") if as_text else envelope
+            raise self._unwritable(failure)
 
         return process
 
@@ -188,7 +202,6 @@ class EncryptedType(TypeDecorator[Any]):
         decode = self._codec.decode
         fixed = self.encryptor
         as_text = self.storage == "base64"
-        allow_plaintext = self.allow_plaintext
         context: EncryptionContext | None = None
 
         def process(value: Any) -> Any:
@@ -209,16 +222,62 @@ class EncryptedType(TypeDecorator[Any]):
                         raise MalformedEnvelopeError("stored value is text, not an envelope")
                     value = bytes(value)
                 encryptor = fixed if fixed is not None else get_default_encryptor()
-                plaintext = encryptor.open(value, context)
-            except MalformedEnvelopeError as exc:
-                if allow_plaintext:
-                    return self._plaintext(stored)
-                raise MalformedEnvelopeError(f"{self._label()}: {exc}") from None
+                return decode(encryptor.open(value, context))
             except DecryptionError as exc:
-                raise type(exc)(f"{self._label()}: {exc}") from None
-            return decode(plaintext)
+                failure = exc
+            return self._unreadable(stored, failure)
 
         return process
+
+    def _unwritable(self, failure: Exception) -> InvalidValueError:
+        """The error for a value that cannot be encrypted, holding nothing of the value.
+
+        Built outside the ``except`` block, so it carries no ``__context__``: a
+        codec's own error (a UnicodeEncodeError, a ValueError) can quote the value.
+        """
+        if isinstance(failure, InvalidValueError):
+            return InvalidValueError(f"{self._label()}: {failure}")
+        return InvalidValueError(
+            f"{self._label()}: cannot encrypt this value: {type(failure).__name__}"
+        )
+
+    def _unreadable(self, stored: Any, failure: DecryptionError) -> Any:
+        """A stored value that did not decrypt: legacy plaintext, or a clear error.
+
+        Under ``allow_plaintext``, a value that does not even start like an envelope
+        (the format version byte, after base64 in base64 storage) is returned as the
+        plaintext it is. Anything else raises, a truncated or damaged envelope
+        included, with a fresh error and no ``__context__``: a codec's error can
+        quote the decrypted bytes.
+        """
+        if (
+            self.allow_plaintext
+            and isinstance(failure, MalformedEnvelopeError)
+            and not self.looks_like_envelope(stored)
+        ):
+            try:
+                return self._plaintext(stored)
+            except DecryptionError as exc:
+                failure = exc
+        raise type(failure)(f"{self._label()}: {failure}")
+
+    def looks_like_envelope(self, stored: Any) -> bool:
+        """Whether a stored value starts as an envelope does, whether or not it is one.
+
+        The rule by which ``allow_plaintext`` reads, and migrations skip, legacy
+        plaintext: a value that starts like an envelope and does not decrypt is
+        damaged (cut by a short column, altered), never plaintext.
+        """
+        if isinstance(stored, str):
+            if self.storage != "base64":
+                return False  # text in a binary column: never written by us
+            # A column too short for the text may have cut it anywhere: judge by
+            # the whole base64 quanta at its start.
+            try:
+                stored = base64.b64decode(stored[: len(stored) // 4 * 4], validate=True)
+            except (binascii.Error, ValueError):
+                return False
+        return bytes(stored[:1]) == _VERSION_BYTE
 
     def _plaintext(self, stored: Any) -> Any:
         """A value stored before encryption, read under ``allow_plaintext``."""

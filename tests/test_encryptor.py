@@ -253,6 +253,41 @@ def test_third_party_keyring_errors_become_keyring_errors() -> None:
     assert isinstance(failure.value.__cause__, RuntimeError)
 
 
+class _ShortKeyring(LocalKeyring):
+    """A broken third-party keyring: hands out, and unwraps to, 16-byte data keys."""
+
+    def generate_data_key(self, context: EncryptionContext) -> Any:
+        full = super().generate_data_key(context)
+        return type(full)(full.plaintext[:16], full.wrapped_keys)
+
+    def unwrap_data_key(
+        self, wrapped_keys: Sequence[WrappedKey], context: EncryptionContext
+    ) -> bytes:
+        return super().unwrap_data_key(wrapped_keys, context)[:16]
+
+
+def test_a_data_key_of_the_wrong_size_is_a_keyring_failure() -> None:
+    # AES-256 was promised: a keyring handing out anything else fails closed, as a
+    # KeyringError (not a bare ValueError, nor a weaker AES-128 value).
+    broken = _ShortKeyring({"k1": b"\x01" * 32})
+    with pytest.raises(KeyringError, match="failed to generate a data key: ValueError"):
+        Encryptor(broken).encrypt(b"value", CTX)
+    envelope = Encryptor(LocalKeyring({"k1": b"\x01" * 32})).encrypt(b"value", CTX)
+    with pytest.raises(KeyringError, match="failed to unwrap a data key: ValueError"):
+        Encryptor(broken).decrypt(envelope, CTX)
+
+
+def test_bytes_only_and_settings_that_cannot_work_are_refused() -> None:
+    enc = Encryptor(LocalKeyring.generate())
+    with pytest.raises(TypeError):
+        enc.encrypt("text", CTX)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        enc.decrypt("text", CTX)  # type: ignore[arg-type]
+    for settings in ({"max_workers": 0}, {"cache_size": -1}):
+        with pytest.raises(ConfigurationError):
+            Encryptor(LocalKeyring.generate(), **settings)  # type: ignore[arg-type]
+
+
 def test_construction_rejects_what_cannot_work() -> None:
     with pytest.raises(ConfigurationError):
         Encryptor(object())  # type: ignore[arg-type]

@@ -199,6 +199,26 @@ def test_encrypt_column_reports_an_envelope_that_does_not_decrypt(
         encrypt_column(engine, table.c.secret)
 
 
+def test_a_damaged_envelope_is_reported_never_taken_for_plaintext(
+    engine: sa.Engine, plain_table: str
+) -> None:
+    # Row 3's envelope cut short (a column too narrow, a bad copy): encrypting it
+    # "as plaintext" would seal the damaged bytes into a valid envelope for good,
+    # and decrypting the column would leave them behind as if they were a value.
+    table = _encrypted_view(plain_table)
+    encrypt_column(engine, table.c.secret)
+    cut = _stored(engine, plain_table)[3][:24]
+    raw = sa.table(plain_table, sa.column("id"), sa.column("secret"))
+    with engine.begin() as conn:
+        conn.execute(raw.update().where(raw.c.id == 3).values(secret=cut))
+    for operation in (encrypt_column, decrypt_column):
+        report = operation(engine, table.c.secret, strict=False)
+        assert [pk for pk, _ in report.failures] == [(3,)], operation.__name__
+        assert _stored(engine, plain_table)[3] == cut  # left as it was, for a human to see
+        with pytest.raises(MalformedEnvelopeError):
+            operation(engine, table.c.secret)
+
+
 def test_inside_an_alembic_style_transaction(engine: sa.Engine, plain_table: str) -> None:
     table = _encrypted_view(plain_table)
     with engine.connect() as conn, conn.begin():

@@ -479,6 +479,107 @@ def test_wrong_python_type_is_refused_without_quoting_the_value(
             conn.execute(table.insert().values(id=1, n=2**64))
 
 
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """exc and every exception reachable from it, suppressed contexts included."""
+    found: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is not None and all(current is not e for e in found):
+            found.append(current)
+            pending += [current.__cause__, current.__context__]
+    return found
+
+
+def _holds(exc: BaseException, secret: str) -> bool:
+    """Whether any exception of the chain shows ``secret``: message, args or attributes."""
+    return any(
+        secret in str(e) or secret in repr(e.args) or secret in repr(vars(e))
+        for e in _exception_chain(exc)
+    )
+
+
+def test_an_unencodable_value_fails_the_write_without_quoting_the_row(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    # A codec failure that is not ours (json's RecursionError, float's ValueError
+    # on Decimal("sNaN")) would reach SQLAlchemy, which quotes every parameter of
+    # the row in a StatementError: the ssn beside it included.
+    table = _secrets_table(
+        metadata,
+        sa.Column("ssn", EncryptedType(sa.String)),
+        sa.Column("doc", EncryptedType(sa.JSON)),
+        sa.Column("score", EncryptedType(sa.Float)),
+    )
+    metadata.create_all(engine)
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for bad in ({"doc": deep}, {"score": Decimal("sNaN")}):
+        with engine.connect() as conn, pytest.raises(InvalidValueError) as failure:
+            conn.execute(table.insert(), [{"id": 1, "ssn": "123-45-6789", **bad}])
+        assert "secrets." in str(failure.value)  # names the column, not the value
+        assert not _holds(failure.value, "123-45-6789")
+    with engine.connect() as conn, pytest.raises(InvalidValueError) as failure:
+        conn.execute(table.insert().values(id=1, ssn="lone \udcff 123-45-6789"))
+    assert not _holds(failure.value, "123-45-6789")  # UnicodeEncodeError.object is the str
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM secrets")).scalar() == 0
+
+
+def test_a_decrypted_value_the_codec_refuses_is_not_quoted_in_the_error(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    # Written when the Enum still had the member; the KeyError of the lookup
+    # names it, and must not ride along as the error's __context__.
+    class Status(enum.Enum):
+        ACTIVE = "a"
+
+    context = {"label": "patient.status"}
+    table = _secrets_table(
+        metadata, sa.Column("status", EncryptedType(sa.Enum(Status), context=context))
+    )
+    metadata.create_all(engine)
+    _insert_raw = sa.table("secrets", sa.column("id"), sa.column("status", sa.LargeBinary))
+    with engine.begin() as conn:
+        conn.execute(
+            _insert_raw.insert().values(id=1, status=encryptor.encrypt(b"HIV_POSITIVE", context))
+        )
+    with engine.connect() as conn, pytest.raises(DecryptionError) as failure:
+        conn.execute(sa.select(table.c.status)).scalar()
+    assert "not a valid Status member" in str(failure.value)
+    assert not _holds(failure.value, "HIV_POSITIVE")
+
+
+@pytest.mark.parametrize("storage", ["binary", "base64"])
+@pytest.mark.parametrize("keep", [4, 11, 40, -1])
+def test_allow_plaintext_never_reads_a_damaged_envelope_as_plaintext(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor, storage: str, keep: int
+) -> None:
+    lenient = EncryptedType(sa.LargeBinary, storage=storage, allow_plaintext=True)  # type: ignore[arg-type]
+    table = _secrets_table(metadata, sa.Column("v", lenient))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": 1, "v": b"secret"}, {"id": 2, "v": b"x"}])
+        stored = conn.execute(sa.text("SELECT v FROM secrets WHERE id = 1")).scalar()
+        legacy = b"\x7flegacy bytes" if storage == "binary" else "legacy text"
+        raw = sa.table(
+            "secrets",
+            sa.column("id"),
+            sa.column("v", sa.LargeBinary if storage == "binary" else sa.Text),
+        )
+        # what a column too short for it keeps: the first bytes, or characters (a
+        # remnant under 4 characters of base64 cannot be told from text at all)
+        cut = stored[:keep] if storage == "base64" else bytes(stored)[:keep]
+        conn.execute(raw.update().where(raw.c.id == 1).values(v=cut))
+        conn.execute(raw.update().where(raw.c.id == 2).values(v=legacy))
+    with engine.connect() as conn:
+        with pytest.raises(DecryptionError):  # an envelope cut short raises
+            conn.execute(sa.select(table.c.v).where(table.c.id == 1)).scalar()
+        plain = conn.execute(sa.select(table.c.v).where(table.c.id == 2)).scalar()
+    assert plain == (legacy if isinstance(legacy, bytes) else legacy.encode())  # still read
+
+
 def _stored_envelope(engine: sa.Engine, metadata: sa.MetaData) -> tuple[sa.Table, bytes]:
     table = _secrets_table(metadata, sa.Column("ssn", EncryptedType(sa.String)))
     metadata.create_all(engine)
