@@ -260,7 +260,7 @@ def walk_column(
                         entry["new_value"] = outcome
                         params.append(entry)
                 if params and not dry_run:
-                    result = conn.execute(update, params)
+                    result = _execute_hiding_values(conn, update, params)
                     written = result.rowcount if result.rowcount >= 0 else len(params)
                     report.changed += written
                     report.conflicts += len(params) - written
@@ -274,6 +274,20 @@ def walk_column(
         if pool is not None:
             pool.shutdown(wait=True)
     return report
+
+
+def _execute_hiding_values(conn: Any, statement: Any, params: list[dict[str, Any]]) -> Any:
+    """Execute a batch UPDATE; a failure's message and ``params`` show none of its values.
+
+    Its parameters are values on their way in or out of encryption (plaintext, in
+    encrypt_column and decrypt_column), and a StatementError quotes them all.
+    """
+    try:
+        return conn.execute(statement, params)
+    except sa.exc.StatementError as exc:
+        exc.hide_parameters = True
+        exc.params = None
+        raise
 
 
 def _apply(

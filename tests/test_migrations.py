@@ -219,6 +219,37 @@ def test_a_damaged_envelope_is_reported_never_taken_for_plaintext(
             operation(engine, table.c.secret)
 
 
+def test_a_failed_batch_update_does_not_quote_its_values(
+    engine: sa.Engine, plain_table: str
+) -> None:
+    # Decrypting into a column too narrow for the values: the database refuses the
+    # batch UPDATE, whose parameters are the plaintext being written.
+    table = _encrypted_view(plain_table)
+    encrypt_column(engine, table.c.secret)
+    md = sa.MetaData()
+    narrow = sa.Table(
+        "mig_narrow",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("secret", table.c.secret.type),
+        sa.Column("plain", sa.String(3)),
+        sa.CheckConstraint("plain IS NULL OR length(plain) < 4", name="plain_is_short"),
+    )
+    md.drop_all(engine)
+    md.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            rows = conn.execute(sa.select(table.c.id, table.c.secret).where(table.c.id < 3)).all()
+            conn.execute(narrow.insert(), [{"id": i, "secret": v, "plain": None} for i, v in rows])
+        with pytest.raises(sa.exc.DBAPIError) as failure:
+            decrypt_column(engine, narrow.c.secret, target=narrow.c.plain)
+        assert failure.value.params is None and failure.value.hide_parameters
+        if engine.dialect.name != "postgresql":  # its own DETAIL line may show the row
+            assert "person-" not in str(failure.value)
+    finally:
+        md.drop_all(engine)
+
+
 def test_inside_an_alembic_style_transaction(engine: sa.Engine, plain_table: str) -> None:
     table = _encrypted_view(plain_table)
     with engine.connect() as conn, conn.begin():
