@@ -276,6 +276,33 @@ class TestRequests:
         agent = agents[0].decode() if isinstance(agents[0], bytes) else agents[0]
         assert agent.startswith("sqla-envelope/") and agent.endswith(" app/7")
 
+    def test_data_keys_never_reach_botocores_debug_logs(
+        self,
+        key: Key,
+        make_key: Callable[..., Key],
+        new_keyring: Callable[..., KmsKeyring],
+        recorder: Recorder,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        import base64
+        import logging
+
+        returned: list[bytes] = []
+        recorder.session.events.register(
+            "after-call.kms",
+            lambda parsed, **_: (
+                returned.append(parsed["Plaintext"]) if "Plaintext" in parsed else None
+            ),
+        )
+        other = make_key()
+        with caplog.at_level(logging.DEBUG, logger="botocore"):
+            enc = Encryptor(new_keyring(key.arn, additional_key_ids=[other.arn]))
+            assert enc.decrypt(enc.encrypt(SECRET, CTX), CTX) == SECRET  # Encrypt sends one too
+        logged = "\n".join(record.getMessage() for record in caplog.records)
+        assert len(returned) == 2 and '"Plaintext": "<redacted>"' in logged  # bodies were logged
+        for data_key in returned:
+            assert base64.b64encode(data_key).decode() not in logged
+
     def test_direct_mode_never_reuses_a_data_key(
         self, key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder
     ) -> None:

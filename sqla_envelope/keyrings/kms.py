@@ -16,6 +16,7 @@ from ..errors import ConfigurationError, DecryptionError, KeyringError, Malforme
 from ._kms_blob import DIRECT, direct_blob, is_reuse, parse_blob, reuse_blob
 from ._kms_clients import KmsClients, RetryMode, arn_parts, is_key_arn
 from ._kms_errors import kms_failure
+from ._kms_logging import redact_plaintext_in_botocore_logs
 from ._kms_pool import DataKeyPool
 from ._kms_reuse import ReuseKeys, WrappingKey
 from .base import DataKey
@@ -147,6 +148,7 @@ class KmsKeyring:
             clock=clock,
         )
         _KEYRINGS.add(self)
+        redact_plaintext_in_botocore_logs()
         # direct mode, writing: data keys generated ahead by worker threads
         self._pool = (
             DataKeyPool(self._generate_direct, size=prefetch, workers=prefetch_workers, clock=clock)
