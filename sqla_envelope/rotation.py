@@ -179,7 +179,7 @@ def reencrypt(
     bind: Bind,
     column: Any,
     *,
-    to: Encryptor | None = None,
+    to: Encryptor | Keyring | None = None,
     from_context: Mapping[str, str] | None = None,
     batch_size: int = 1000,
     dry_run: bool = False,
@@ -190,6 +190,9 @@ def reencrypt(
     progress: Progress | None = None,
 ) -> ColumnReport:
     """Decrypt every value and encrypt it again under a fresh data key.
+
+    ``to`` (an Encryptor or a Keyring) encrypts under other keys; by default the
+    column's own encryptor does.
 
     For a suspected data-key exposure, or to move values to the column's current
     context after a rename (``from_context`` is the context they were written
@@ -202,7 +205,12 @@ def reencrypt(
     """
     table, col, type_ = encrypted_column(column)
     source = column_encryptor(type_)
-    target = to or source
+    if to is None:
+        target = source
+    elif isinstance(to, Encryptor):
+        target = to
+    else:  # a Keyring, as rewrap takes
+        target = Encryptor(_keyring_of(to))
     current = type_.encryption_context()
     previous = EncryptionContext(from_context) if from_context is not None else current
     load, store = stored_to_envelope(type_), envelope_to_stored(type_)

@@ -337,6 +337,19 @@ def test_reencrypt_gives_fresh_data_keys(engine: sa.Engine, people: sa.Table) ->
     assert _values(engine, people)[3] == "ssn-3"
 
 
+@pytest.mark.parametrize("as_keyring", [True, False])
+def test_reencrypt_under_other_keys_takes_a_keyring_or_an_encryptor(
+    engine: sa.Engine, people: sa.Table, old_keys: LocalKeyring, as_keyring: bool
+) -> None:
+    new_keys = old_keys.with_new_primary("new")
+    to = new_keys if as_keyring else Encryptor(new_keys)
+    assert reencrypt(engine, people.c.ssn, to=to).changed == ROWS
+    refs = {unpack_envelope(v).wrapped_keys[0].key_ref for v in _raw(engine, people).values() if v}
+    assert refs == {"new"}
+    sqla_envelope.configure(Encryptor(new_keys.without("old")))
+    assert _values(engine, people)[3] == "ssn-3"
+
+
 def test_verify_reports_failing_primary_keys_without_values(
     engine: sa.Engine, people: sa.Table
 ) -> None:
