@@ -418,6 +418,7 @@ def test_encrypt_column_from_a_source_column_uses_its_type(
     assert read(engine, table, "secret", EncryptedType(plain_type, Encryptor(keys.old))) == values
 
     code, err = run(capsys, "encrypt-column", *argv)
+    assert code == 0, err
     assert summary(err)["changed"] == 0
 
 

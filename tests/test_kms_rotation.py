@@ -94,7 +94,6 @@ def test_kms_to_kms_rewrap_uses_reencrypt(
 
 
 def test_local_to_kms_rewrap_unwraps_locally_and_wraps_in_kms(
-    key: Any,
     make_key: Callable[..., Key],
     new_keyring: Callable[..., KmsKeyring],
     recorder: Recorder,
@@ -107,8 +106,14 @@ def test_local_to_kms_rewrap_unwraps_locally_and_wraps_in_kms(
         conn.execute(accounts.insert(), [{"id": i, "token": f"tok-{i}"} for i in range(5)])
     target = make_key()
     assert rewrap(engine, accounts.c.token, new_keyring(target.arn)) == 5
-    assert recorder.operations().count("Encrypt") == 5
+    ops = recorder.operations()
+    assert ops.count("Encrypt") == 5 and "Decrypt" not in ops  # unwrapped locally
     assert set(_key_refs(engine)) == {target.arn}
+    sqla_envelope.configure(Encryptor(new_keyring(target.arn)))  # KMS alone reads them now
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(accounts.c.token)).scalars()) == [
+            f"tok-{i}" for i in range(5)
+        ]
 
 
 def test_a_kms_outage_during_rewrap_stops_cleanly(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import sqla_envelope
 
 # Fixed by shared/API.md: code outside the package imports these exact names.
@@ -66,7 +68,7 @@ def test_api_contract_names_are_exported() -> None:
 def test_api_contract_file_names_nothing_we_lack() -> None:
     contract = Path(__file__).resolve().parents[2] / "shared" / "API.md"
     if not contract.exists():  # the contract lives beside the repo, not in it
-        return
+        pytest.skip(f"{contract} is not beside this checkout")
     text = contract.read_text()
     backticked = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)[(`]", text))
     for name in API_NAMES:

@@ -119,23 +119,34 @@ def test_rewrap_keeps_writes_made_between_its_batches(
 ) -> None:
     new_keys = old_keys.with_new_primary("new")
     written: dict[int, str] = {}
+    context = people.c.ssn.type.encryption_context()
+    marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
 
-    def app_writes(report: Any) -> None:
-        # The application updates rows of the next batch after they were read.
-        row_id = min(report.examined + 2, ROWS - 1)
-        with engine.begin() as conn:
-            conn.execute(
-                people.update().where(people.c.id == row_id).values(ssn=f"changed-{row_id}")
-            )
+    def app_writes_between_read_and_update(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        # Just before the walker's guarded UPDATE of a batch, the application
+        # changes a row of that batch, which the walker has already read.
+        if not statement.lstrip().upper().startswith("UPDATE") or len(written) == 2:
+            return
+        row_id = 2 if not written else 7
+        envelope = Encryptor(old_keys).encrypt(f"changed-{row_id}".encode(), context)
+        cursor.connection.cursor().execute(
+            f"UPDATE rot_people SET ssn = {marker} WHERE id = {marker}", (envelope, row_id)
+        )
         written[row_id] = f"changed-{row_id}"
 
-    report = rewrap_column(engine, people.c.ssn, new_keys, batch_size=5, progress=app_writes)
+    sa.event.listen(engine, "before_cursor_execute", app_writes_between_read_and_update)
+    try:
+        report = rewrap_column(engine, people.c.ssn, new_keys, batch_size=5)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", app_writes_between_read_and_update)
     sqla_envelope.configure(Encryptor(new_keys))
     values = _values(engine, people)
+    assert written == {2: "changed-2", 7: "changed-7"}
     for row_id, value in written.items():
         assert values[row_id] == value
+    assert report.conflicts == 2  # both rows were left alone, not overwritten
     assert report.changed + report.skipped + report.conflicts == ROWS + 1
-    assert rewrap(engine, people.c.ssn, new_keys) >= 0  # a second run finishes the job
+    assert rewrap(engine, people.c.ssn, new_keys) == 2  # a second run finishes the job
     assert all(
         unpack_envelope(v).wrapped_keys[0].key_ref == "new"
         for v in _raw(engine, people).values()

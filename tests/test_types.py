@@ -693,6 +693,10 @@ def test_statement_cache_keeps_columns_apart(
         with engine.begin() as conn:
             conn.execute(first.insert(), [{"id": _ * 2 + 1, "v": "a"}])
             conn.execute(second.insert(), [{"id": _ * 2 + 1, "v": "b"}])
-    for table in (first, second):
-        raw = bytes(_raw(engine, table.name, "v"))
-        assert Encryptor(encryptor.keyring).decrypt(raw, {"table": table.name, "column": "v"})
+    reader = Encryptor(encryptor.keyring)
+    for table, value, other in ((first, b"a", second), (second, b"b", first)):
+        for row_id in (1, 3, 5):
+            raw = bytes(_raw(engine, table.name, "v", row_id))
+            assert reader.decrypt(raw, {"table": table.name, "column": "v"}) == value
+            with pytest.raises(DecryptionError):  # bound to its own table, not the other's
+                reader.decrypt(raw, {"table": other.name, "column": "v"})
