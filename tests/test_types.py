@@ -346,6 +346,17 @@ def test_one_type_instance_shared_by_two_columns_binds_each_to_its_own(
         Base.metadata.drop_all(engine)
 
 
+def test_a_table_copied_after_use_binds_its_own_context(encryptor: Encryptor) -> None:
+    # The context is computed once and kept on the type; a copy of the table made
+    # afterwards (to_metadata, as Alembic does) must not inherit the original's.
+    table = sa.Table("orig", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                     sa.Column("v", EncryptedType(sa.String)))  # fmt: skip
+    assert table.c.v.type.encryption_context().as_dict() == {"table": "orig", "column": "v"}
+    copy = table.to_metadata(sa.MetaData(), name="copy", schema="other")
+    assert copy.c.v.type.encryption_context().as_dict() == {"table": "other.copy", "column": "v"}
+    assert table.c.v.type.encryption_context().as_dict() == {"table": "orig", "column": "v"}
+
+
 def test_mixin_columns_bind_to_each_table() -> None:
     class Base(DeclarativeBase):
         pass
