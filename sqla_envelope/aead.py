@@ -20,7 +20,6 @@ __all__ = [
     "LOCAL_WRAPPED_SIZE",
     "MASTER_KEY_SIZE",
     "NONCE_SIZE",
-    "DataKeyCipher",
     "LocalKeyWrapper",
     "data_key_cipher",
     "open_sealed",
@@ -36,12 +35,10 @@ _LOCAL_WRAP_INFO = b"sqla-envelope/local-wrap/v1"
 
 random_bytes = os.urandom
 
+
 # The cipher of one data key. Building it is the largest single cost of a
 # decryption, which is why the key cache holds these objects, not raw key bytes.
 # AESGCM objects never expose their key in repr.
-DataKeyCipher = AESGCM
-
-
 def data_key_cipher(data_key: bytes) -> AESGCM:
     """The AES-256-GCM cipher of a data key; ValueError for a key of another size.
 

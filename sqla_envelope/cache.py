@@ -79,19 +79,16 @@ class KeyCache(Generic[V]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _fresh(self, key: Hashable) -> tuple[float, V] | None:
+    def entry(self, key: Hashable) -> tuple[float, V] | None:
+        """(expiry time, value) for ``key`` while it is fresh, else None; not counted."""
         entry = self._entries.get(key)
         if entry is not None and entry[0] > self._clock():
             return entry
         return None
 
-    def entry(self, key: Hashable) -> tuple[float, V] | None:
-        """(expiry time, value) for ``key`` while it is fresh, else None; not counted."""
-        return self._fresh(key)
-
     def peek(self, key: Hashable) -> V | None:
         """The cached value for ``key`` or None, without counting or reordering."""
-        entry = self._fresh(key)
+        entry = self.entry(key)
         return entry[1] if entry is not None else None
 
     def get(self, key: Hashable) -> V | None:
@@ -136,7 +133,7 @@ class KeyCache(Generic[V]):
         try:
             # A leader that finished between our miss and our setdefault has
             # already stored the value: use it rather than load again.
-            entry = self._fresh(key)
+            entry = self.entry(key)
             value = entry[1] if entry is not None else load(*args)
         except BaseException as exc:
             flight.error = exc

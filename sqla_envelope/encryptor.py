@@ -16,7 +16,7 @@ from .aead import NONCE_SIZE, data_key_cipher, open_sealed, random_bytes
 from .audit import KeyEvent, Listener
 from .cache import KeyCache, peek
 from .context import EncryptionContext
-from .envelope import FORMAT_VERSION, header_size, pack, unpack, wrapped_keys_of
+from .envelope import FORMAT_VERSION, header_end, pack, wrapped_keys_of
 from .errors import (
     ConfigurationError,
     DecryptionError,
@@ -162,7 +162,7 @@ class Encryptor:
             if envelope is None:
                 continue
             try:
-                framed.append((envelope, header_size(envelope) or unpack(envelope).header_size))
+                framed.append((envelope, header_end(envelope)))
             except MalformedEnvelopeError:
                 continue  # decrypt() reports it, on its own row
         # A keyring may pick the envelopes worth unwrapping ahead (bounded reuse:
@@ -239,7 +239,7 @@ class Encryptor:
 
     def open(self, envelope: bytes, context: EncryptionContext) -> bytes:
         """``decrypt`` for a context already in canonical form (what columns use)."""
-        end = header_size(envelope) or unpack(envelope).header_size
+        end = header_end(envelope)
         # Keyed by the whole wrapped-key section, key references included: a
         # changed byte there misses the cache and goes back to the keyring.
         key = envelope[1:end]

@@ -31,6 +31,7 @@ __all__ = [
     "Envelope",
     "WrappedKey",
     "envelope_size",
+    "header_end",
     "header_size",
     "pack",
     "pack_header",
@@ -199,6 +200,14 @@ def header_size(data: bytes) -> int:
     if wrapped_len == 0 or end + NONCE_SIZE + TAG_SIZE > size:
         return 0
     return end
+
+
+def header_end(data: bytes) -> int:
+    """Offset of the nonce in any envelope: ``header_size``'s fast path, else ``unpack``.
+
+    Raises MalformedEnvelopeError for a value that is not an envelope.
+    """
+    return header_size(data) or unpack(data).header_size
 
 
 def envelope_size(plaintext_size: int, wrapped_keys: Sequence[tuple[int, int]]) -> int:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .context import EncryptionContext
 from .encryptor import Encryptor, get_default_encryptor
-from .envelope import WrappedKey, header_size, pack_header, unpack, wrapped_keys_of
+from .envelope import WrappedKey, header_end, pack_header, wrapped_keys_of
 from .errors import ConfigurationError, DecryptionError, MalformedEnvelopeError
 from .keyrings.base import Keyring, call_keyring
 from .types import EncryptedType
@@ -120,7 +120,7 @@ def rewrap_column(
         raw = load(stored)
         # Parse by offset and keep the nonce and ciphertext as they are: only the
         # header changes (unpack also validates what header_size cannot vouch for).
-        end = header_size(raw) or unpack(raw).header_size
+        end = header_end(raw)
         keys = wrapped_keys_of(raw, end)
         if call_keyring(target, "check a key", target.is_primary, keys[0]):
             return SKIP

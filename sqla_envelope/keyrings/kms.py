@@ -134,6 +134,9 @@ class KmsKeyring:
         # Configured id -> key ARN: given, or learned from KMS's answers.
         self._arns = {k: k for k in ids if is_key_arn(k)}
         self.mode = mode
+        # Unwrapping waits on the network in direct mode (a Decrypt per value), so
+        # rewrap runs many workers; bounded reuse unwraps locally once its
+        # wrapping key is known (its read prefetch is plan_unwraps' business).
         self.unwraps_remotely = mode == "direct"
         self.max_rows = max_rows
         self.max_age = float(max_age)
@@ -155,12 +158,6 @@ class KmsKeyring:
             if mode == "direct" and prefetch > 0
             else None
         )
-
-    # Unwrapping waits on the network in direct mode (a Decrypt per value), so
-    # Encryptors prefetch a query's keys concurrently and rewrap runs many
-    # workers; bounded reuse unwraps locally once its wrapping key is known, so
-    # its prefetch fetches only the wrapping keys (plan_unwraps).
-    unwraps_remotely = True
 
     @property
     def key_ids(self) -> tuple[str, ...]:
