@@ -7,7 +7,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ..aead import DATA_KEY_SIZE, LOCAL_WRAPPED_SIZE, LocalKeyWrapper, random_bytes
 from ..context import EncryptionContext
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["KmsKeyring"]
 
-_T = TypeVar("_T")
 CostMode = Literal["direct", "bounded_reuse"]
 
 
@@ -255,18 +254,16 @@ class KmsKeyring:
         self.close()
 
     def _generate_direct(self, context: EncryptionContext) -> DataKey:
-        response = self._generate(context)
-        data_key = response["Plaintext"]
-        primary = WrappedKey(response["KeyId"], direct_blob(response["CiphertextBlob"]))
-        extra = [self._encrypt(k, data_key, context) for k in self.additional_key_ids]
-        return DataKey(data_key, (primary, *extra))
+        data_key, copies = self._generate_copies(context)
+        return DataKey(data_key, tuple(WrappedKey(arn, direct_blob(c)) for arn, c in copies))
 
     def wrap_data_key(self, data_key: bytes, context: EncryptionContext) -> tuple[WrappedKey, ...]:
         if not isinstance(data_key, bytes) or len(data_key) != DATA_KEY_SIZE:
             raise ConfigurationError(f"a data key is {DATA_KEY_SIZE} bytes")
         if self.mode == "bounded_reuse":
             return self._wrap_locally(data_key, context)
-        return tuple(self._encrypt(k, data_key, context) for k in self.key_ids)
+        copies = [self._encrypt(k, data_key, context) for k in self.key_ids]
+        return tuple(WrappedKey(arn, direct_blob(c)) for arn, c in copies)
 
     def unwrap_data_key(
         self, wrapped_keys: Sequence[WrappedKey], context: EncryptionContext
@@ -327,21 +324,18 @@ class KmsKeyring:
         regions = {(arn_parts(arn) or ("?", ""))[0] for arn in (source.key_ref, *targets)}
         if len(regions) != 1:
             return None  # ReEncrypt works within one region
-        kms = self._clients.for_key(source.key_ref)
         ciphertext = parse_blob(source.blob).kms_ciphertext
         copies = []
         for target in targets:
-            response = self._call(
+            response = self._request(
                 "ReEncrypt",
                 target,
-                lambda target=target: kms.re_encrypt(  # type: ignore[misc]
-                    CiphertextBlob=ciphertext,
-                    SourceKeyId=source.key_ref,
-                    DestinationKeyId=target,
-                    SourceEncryptionContext=context.as_dict(),
-                    DestinationEncryptionContext=context.as_dict(),
-                    **self._grants,
-                ),
+                client_for=source.key_ref,
+                CiphertextBlob=ciphertext,
+                SourceKeyId=source.key_ref,
+                DestinationKeyId=target,
+                SourceEncryptionContext=context.as_dict(),
+                DestinationEncryptionContext=context.as_dict(),
             )
             copies.append(WrappedKey(response["KeyId"], direct_blob(response["CiphertextBlob"])))
         return tuple(copies)
@@ -358,71 +352,61 @@ class KmsKeyring:
         return tuple(WrappedKey(arn, reuse_blob(kms, local_wrap)) for arn, kms in wrapping.copies)
 
     def _new_wrapping_key(self, context: EncryptionContext) -> WrappingKey:
-        response = self._generate(context)
-        plaintext = response["Plaintext"]
-        copies = [(response["KeyId"], response["CiphertextBlob"])]
-        for extra in self.additional_key_ids:
-            wrapped = self._encrypt(extra, plaintext, context, raw=True)
-            copies.append((wrapped.key_ref, wrapped.blob))
+        plaintext, copies = self._generate_copies(context)
         return WrappingKey(LocalKeyWrapper(plaintext), tuple(copies), self._clock() + self.max_age)
 
     # -- KMS calls -------------------------------------------------------------
 
-    def _generate(self, context: EncryptionContext) -> dict[str, Any]:
-        kms = self._clients.for_key(self.key_id)
-        response = self._call(
+    def _generate_copies(self, context: EncryptionContext) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """A new data key from GenerateDataKey, and its KMS ciphertext under every key.
+
+        Primary first, then an Encrypt per additional key: (key ARN, ciphertext).
+        """
+        response = self._request(
             "GenerateDataKey",
             self.key_id,
-            lambda: kms.generate_data_key(
-                KeyId=self.key_id,
-                KeySpec="AES_256",
-                EncryptionContext=context.as_dict(),
-                **self._grants,
-            ),
+            KeyId=self.key_id,
+            KeySpec="AES_256",
+            EncryptionContext=context.as_dict(),
         )
-        if len(response["Plaintext"]) != DATA_KEY_SIZE:
+        data_key = response["Plaintext"]
+        if len(data_key) != DATA_KEY_SIZE:
             raise KeyringError(
                 f"KMS GenerateDataKey with key {self.key_id!r} returned a key of "
-                f"{len(response['Plaintext'])} bytes, not {DATA_KEY_SIZE}",
+                f"{len(data_key)} bytes, not {DATA_KEY_SIZE}",
                 key_id=self.key_id,
             )
         self._arns[self.key_id] = response["KeyId"]
-        return dict(response)
+        copies = [(response["KeyId"], response["CiphertextBlob"])]
+        copies += [self._encrypt(k, data_key, context) for k in self.additional_key_ids]
+        return data_key, copies
 
     def _decrypt(self, key_ref: str, kms_ciphertext: bytes, context: EncryptionContext) -> bytes:
-        kms = self._clients.for_key(key_ref)
-        response = self._call(
+        response = self._request(
             "Decrypt",
             key_ref,
-            lambda: kms.decrypt(
-                CiphertextBlob=kms_ciphertext,
-                KeyId=key_ref,
-                EncryptionContext=context.as_dict(),
-                **self._grants,
-            ),
+            CiphertextBlob=kms_ciphertext,
+            KeyId=key_ref,
+            EncryptionContext=context.as_dict(),
         )
         data_key = response["Plaintext"]
         if len(data_key) != DATA_KEY_SIZE:
             raise DecryptionError(f"the value under {key_ref!r} does not hold a data key")
-        return data_key
+        return data_key  # type: ignore[no-any-return]
 
     def _encrypt(
-        self, key_id: str, data_key: bytes, context: EncryptionContext, *, raw: bool = False
-    ) -> WrappedKey:
-        kms = self._clients.for_key(key_id)
-        response = self._call(
+        self, key_id: str, data_key: bytes, context: EncryptionContext
+    ) -> tuple[str, bytes]:
+        """(key ARN, KMS ciphertext) of ``data_key`` under ``key_id``."""
+        response = self._request(
             "Encrypt",
             key_id,
-            lambda: kms.encrypt(
-                KeyId=key_id,
-                Plaintext=data_key,
-                EncryptionContext=context.as_dict(),
-                **self._grants,
-            ),
+            KeyId=key_id,
+            Plaintext=data_key,
+            EncryptionContext=context.as_dict(),
         )
         self._arns[key_id] = response["KeyId"]
-        blob = response["CiphertextBlob"]
-        return WrappedKey(response["KeyId"], blob if raw else direct_blob(blob))
+        return response["KeyId"], response["CiphertextBlob"]
 
     def _candidates(self, wrapped_keys: Sequence[WrappedKey]) -> list[WrappedKey]:
         """The copies under keys held here, in the keyring's order of preference.
@@ -451,22 +435,32 @@ class KmsKeyring:
             return arn
         # No lock: threads starting cold may each ask once, but while KMS is down
         # they must not queue behind one another's timeouts.
-        kms = self._clients.for_key(key_id)
-        response = self._call(
-            "DescribeKey",
-            key_id,
-            lambda: kms.describe_key(KeyId=key_id, **self._grants),
-        )
+        response = self._request("DescribeKey", key_id, KeyId=key_id)
         arn = response["KeyMetadata"].get("Arn") or key_id
         self._arns[key_id] = arn
         return arn
 
-    def _call(self, operation: str, key_id: str, call: Callable[[], _T]) -> _T:
+    def _request(
+        self, operation: str, key_id: str, *, client_for: str | None = None, **params: Any
+    ) -> Any:
+        """One KMS request, with the grant tokens; any failure as our error naming ``key_id``.
+
+        Sent by the client of ``client_for``'s region (by default ``key_id``'s).
+        """
+        method = getattr(self._clients.for_key(client_for or key_id), _METHODS[operation])
         try:
-            return call()
+            return method(**params, **self._grants)
         except Exception as exc:
             raise kms_failure(exc, operation, key_id).chain(exc) from exc
 
+
+_METHODS = {
+    "GenerateDataKey": "generate_data_key",
+    "Decrypt": "decrypt",
+    "Encrypt": "encrypt",
+    "ReEncrypt": "re_encrypt",
+    "DescribeKey": "describe_key",
+}
 
 _KEYRINGS: weakref.WeakSet[KmsKeyring] = weakref.WeakSet()
 
