@@ -14,9 +14,8 @@ and can be set per statement or connection with the execution option
 
 from __future__ import annotations
 
-import base64
-import binascii
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, Table, event
@@ -24,7 +23,7 @@ from sqlalchemy.engine.cursor import FullyBufferedCursorFetchStrategy
 from sqlalchemy.sql import Insert, Update
 
 from .encryptor import Encryptor, get_default_encryptor
-from .errors import ConfigurationError
+from .errors import ConfigurationError, MalformedEnvelopeError
 from .types import EncryptedType
 
 __all__ = ["PREFETCH_OPTION", "install"]
@@ -110,24 +109,24 @@ def _after_cursor_execute(
         cursor, cursor.description, rows
     )
     for index, type_, encryptor in plan:
-        values = [row[index] for row in rows]
-        if type_.storage == "base64":
-            values = [_b64(v) for v in values]
         try:
             encryptor.unwrap_all(
-                # Text can only be plaintext read under allow_plaintext: nothing to unwrap.
-                (bytes(v) for v in values if isinstance(v, (bytes, bytearray, memoryview))),
+                _envelopes(type_, [row[index] for row in rows]),
                 type_.encryption_context(),
             )
         except ConfigurationError:
             continue
 
 
-def _b64(value: Any) -> Any:
-    try:
-        return base64.b64decode(value, validate=True) if value is not None else None
-    except (binascii.Error, ValueError, TypeError):
-        return None
+def _envelopes(type_: EncryptedType, values: list[Any]) -> Iterator[bytes]:
+    """The stored values that can be envelopes; the rest are for decrypt() to report."""
+    load = type_.envelope_loader()
+    for value in values:
+        if value is not None:
+            try:
+                yield load(value)
+            except MalformedEnvelopeError:
+                continue  # plaintext under allow_plaintext, or a bad value
 
 
 _installed = False

@@ -18,8 +18,6 @@ from .rotation import (
     as_key,
     column_encryptor,
     encrypted_column,
-    envelope_to_stored,
-    stored_to_envelope,
     worker_count,
 )
 from .types import EncryptedType
@@ -84,7 +82,7 @@ def encrypt_column(
     table, col, type_ = encrypted_column(column)
     encryptor = column_encryptor(type_)
     context = type_.encryption_context()
-    load, store = stored_to_envelope(type_), envelope_to_stored(type_)
+    load, store = type_.envelope_loader(), type_.envelope_storer()
     encode, decode = type_.codec.encode, type_.codec.decode
 
     def opens(envelope: bytes) -> None:
@@ -158,7 +156,7 @@ def decrypt_column(
     table, col, type_ = encrypted_column(column)
     encryptor = column_encryptor(type_)
     context = type_.encryption_context()
-    load = stored_to_envelope(type_)
+    load = type_.envelope_loader()
     decode = type_.codec.decode
     as_text = type_.storage == "base64"
 

@@ -6,8 +6,6 @@ never overwrites a value the application changed meanwhile (see walk.py).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,11 +24,9 @@ __all__ = [
     "as_key",
     "column_encryptor",
     "encrypted_column",
-    "envelope_to_stored",
     "reencrypt",
     "rewrap",
     "rewrap_column",
-    "stored_to_envelope",
     "verify",
     "worker_count",
 ]
@@ -69,29 +65,6 @@ def _keyring_of(to: Encryptor | Keyring) -> Keyring:
     raise ConfigurationError("to= takes an Encryptor or a Keyring")
 
 
-def stored_to_envelope(type_: EncryptedType) -> Any:
-    """Stored value -> envelope bytes; MalformedEnvelopeError for what cannot be one."""
-    base64_storage = type_.storage == "base64"
-
-    def load(value: Any) -> bytes:
-        if base64_storage:
-            try:
-                return base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError, TypeError):
-                raise MalformedEnvelopeError("stored text is not base64") from None
-        if isinstance(value, str):
-            raise MalformedEnvelopeError("stored value is text, not an envelope")
-        return bytes(value)
-
-    return load
-
-
-def envelope_to_stored(type_: EncryptedType) -> Any:
-    if type_.storage == "base64":
-        return lambda envelope: base64.b64encode(envelope).decode("ascii")
-    return lambda envelope: envelope
-
-
 def rewrap_column(
     bind: Bind,
     column: Any,
@@ -110,7 +83,7 @@ def rewrap_column(
     source = column_encryptor(type_).keyring
     target = _keyring_of(to)
     context = type_.encryption_context()
-    load, store = stored_to_envelope(type_), envelope_to_stored(type_)
+    load, store = type_.envelope_loader(), type_.envelope_storer()
     reencrypt_keys = getattr(target, "reencrypt_data_key", None)
 
     def transform(row: tuple[Any, ...]) -> Any:
@@ -213,7 +186,7 @@ def reencrypt(
         target = Encryptor(_keyring_of(to))
     current = type_.encryption_context()
     previous = EncryptionContext(from_context) if from_context is not None else current
-    load, store = stored_to_envelope(type_), envelope_to_stored(type_)
+    load, store = type_.envelope_loader(), type_.envelope_storer()
 
     def transform(row: tuple[Any, ...]) -> Any:
         (stored,) = row
@@ -277,7 +250,7 @@ def verify(
     table, col, type_ = encrypted_column(column)
     encryptor = column_encryptor(type_)
     context = type_.encryption_context()
-    load = stored_to_envelope(type_)
+    load = type_.envelope_loader()
     decode = type_.codec.decode
 
     def transform(row: tuple[Any, ...]) -> Any:

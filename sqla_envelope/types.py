@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from sqlalchemy import Column, Dialect, LargeBinary, String, Text
@@ -161,6 +161,14 @@ class EncryptedType(TypeDecorator[Any]):
         # VARCHAR, and autogenerate then sees a type change against TEXT columns.
         return self.impl_instance
 
+    def envelope_loader(self) -> Callable[[Any], bytes]:
+        """Stored value -> envelope bytes; MalformedEnvelopeError for what cannot be one."""
+        return _load_base64 if self.storage == "base64" else _load_binary
+
+    def envelope_storer(self) -> Callable[[bytes], Any]:
+        """Envelope bytes -> the value to store (base64 text, or the bytes as they are)."""
+        return _store_base64 if self.storage == "base64" else _store_binary
+
     @property
     def codec(self) -> Codec:
         """How values of the logical type become the bytes that are encrypted."""
@@ -182,7 +190,7 @@ class EncryptedType(TypeDecorator[Any]):
         """
         encode = self._codec.encode
         fixed = self.encryptor
-        as_text = self.storage == "base64"
+        store = self.envelope_storer()
         encryption_context = self.encryption_context
 
         def process(value: Any) -> Any:
@@ -198,7 +206,7 @@ class EncryptedType(TypeDecorator[Any]):
             except Exception as exc:  # re-raised below, holding nothing of the value
                 failure = exc
             else:
-                return base64.b64encode(envelope).decode("ascii") if as_text else envelope
+                return store(envelope)
             raise self._unwritable(failure)
 
         return process
@@ -207,6 +215,7 @@ class EncryptedType(TypeDecorator[Any]):
         """Returns the function SQLAlchemy calls for each fetched value of this column."""
         decode = self._codec.decode
         fixed = self.encryptor
+        load = self.envelope_loader()
         as_text = self.storage == "base64"
         encryption_context = self.encryption_context
 
@@ -216,15 +225,8 @@ class EncryptedType(TypeDecorator[Any]):
             context = encryption_context()
             stored = value
             try:
-                if as_text:
-                    try:
-                        value = base64.b64decode(value, validate=True)
-                    except (binascii.Error, ValueError, TypeError):
-                        raise MalformedEnvelopeError("stored text is not base64") from None
-                elif type(value) is not bytes:
-                    if isinstance(value, str):
-                        raise MalformedEnvelopeError("stored value is text, not an envelope")
-                    value = bytes(value)
+                if as_text or type(value) is not bytes:  # spares the common case a call
+                    value = load(value)
                 encryptor = fixed if fixed is not None else get_default_encryptor()
                 return decode(encryptor.open(value, context))
             except DecryptionError as exc:
@@ -330,6 +332,27 @@ class EncryptedType(TypeDecorator[Any]):
 # Alembic renders a custom type as "<its module>.<repr>"; advertising the public
 # package as the module yields sqla_envelope.EncryptedType(...) in migrations.
 EncryptedType.__module__ = "sqla_envelope"
+
+
+def _load_base64(value: Any) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise MalformedEnvelopeError("stored text is not base64") from None
+
+
+def _load_binary(value: Any) -> bytes:
+    if isinstance(value, str):
+        raise MalformedEnvelopeError("stored value is text, not an envelope")
+    return bytes(value)
+
+
+def _store_base64(envelope: bytes) -> str:
+    return base64.b64encode(envelope).decode("ascii")
+
+
+def _store_binary(envelope: bytes) -> bytes:
+    return envelope
 
 
 def _check_operator(op: Any, other: tuple[Any, ...]) -> None:
