@@ -17,14 +17,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .cli_job import EXAMPLE_URL as _URL
 from .cli_job import LOGICAL, PROG, EitherKeyring, Job, UsageError, describe, fail, json_context
+from .codecs import codec_for
 from .errors import EnvelopeError
 from .keyrings.base import Keyring
-from .migrations import decrypt_column, encrypt_column
+from .migrations import IN_PLACE_TYPES, decrypt_column, encrypt_column
 from .rotation import reencrypt, rewrap_column, verify
 
 __all__ = ["add_commands", "run_options"]
-
-_IN_PLACE = ("string", "binary", "json")
 
 
 def _readers(job: Job, command: str) -> Keyring:
@@ -52,7 +51,7 @@ def _target(job: Job, command: str, source: Keyring, *, required: bool) -> Keyri
 def _logical(job: Job, plain: str | None, default: str) -> object:
     """--logical, else the reflected type of the plaintext column, else ``default``."""
     name = job.args.logical
-    if plain is None and name is not None and name not in _IN_PLACE:
+    if plain is None and name is not None and codec_for(LOGICAL[name]()).name not in IN_PLACE_TYPES:
         raise UsageError(
             f"--logical {name} values cannot be changed in place: pass a plaintext column "
             "(--from-column, --to-column)"

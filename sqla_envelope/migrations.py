@@ -23,11 +23,11 @@ from .rotation import (
 from .types import EncryptedType
 from .walk import SKIP, ColumnReport, Progress, Shard, walk_column
 
-__all__ = ["decrypt_column", "encrypt_column", "render_item"]
+__all__ = ["IN_PLACE_TYPES", "decrypt_column", "encrypt_column", "render_item"]
 
 # Logical types whose stored plaintext is text or bytes, so a column can change
 # from plaintext to envelopes in place.
-_IN_PLACE = ("String", "LargeBinary", "JSON", "Enum")
+IN_PLACE_TYPES = frozenset({"String", "LargeBinary", "JSON", "Enum"})
 
 
 def _plain_column(column: Any) -> sa.Column[Any]:
@@ -92,7 +92,7 @@ def encrypt_column(
         return store(encryptor.seal(encode(value), context))
 
     if source is None:
-        if type_.codec.name not in _IN_PLACE:
+        if type_.codec.name not in IN_PLACE_TYPES:
             raise ConfigurationError(
                 f"{type_.codec.name} values cannot be encrypted in place: add an "
                 "EncryptedType column and pass the plaintext column as source="
@@ -161,7 +161,7 @@ def decrypt_column(
     as_text = type_.storage == "base64"
 
     if target is None:
-        if type_.codec.name not in _IN_PLACE:
+        if type_.codec.name not in IN_PLACE_TYPES:
             raise ConfigurationError(
                 f"{type_.codec.name} values cannot be decrypted in place: pass a plaintext "
                 "column as target="
