@@ -288,6 +288,23 @@ def test_bytes_only_and_settings_that_cannot_work_are_refused() -> None:
             Encryptor(LocalKeyring.generate(), **settings)  # type: ignore[arg-type]
 
 
+def test_unwrap_all_passes_over_what_is_not_an_envelope() -> None:
+    # A result may hold NULLs, plaintext (allow_plaintext) and damaged values:
+    # prefetching skips them, and each row's own decrypt reports its problem.
+    keyring = _keyring()
+    enc = Encryptor(keyring)
+    good = [enc.encrypt(b"v%d" % i, CTX) for i in range(3)]
+    enc.clear_cache()
+    before = keyring.unwrap_calls
+    mixed = [None, b"", b"plaintext", good[0][:20], *good, good[1]]
+    assert enc.unwrap_all(mixed, CTX) == 3  # the three keys, the repeated one once
+    assert keyring.unwrap_calls - before == 3
+    assert [enc.decrypt(e, CTX) for e in good] == [b"v0", b"v1", b"v2"]
+    assert keyring.unwrap_calls - before == 3  # all three came from the cache
+    with pytest.raises(MalformedEnvelopeError):
+        enc.decrypt(good[0][:20], CTX)
+
+
 def test_construction_rejects_what_cannot_work() -> None:
     with pytest.raises(ConfigurationError):
         Encryptor(object())  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from sqla_envelope import (
     rewrap,
     unpack_envelope,
 )
+from sqla_envelope.migrations import decrypt_column, encrypt_column
 from sqla_envelope.rotation import reencrypt, rewrap_column, verify
 from sqla_envelope.walk import Shard
 
@@ -292,6 +293,14 @@ def test_unknown_and_plain_columns_are_refused(engine: sa.Engine, people: sa.Tab
         rewrap(engine, "ssn", LocalKeyring.generate())
     with pytest.raises(ConfigurationError):
         rewrap(engine, people.c.ssn, "not a keyring")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        reencrypt(engine, people.c.ssn, to="not a keyring")  # type: ignore[arg-type]
+    # every column operation refuses the same way, before touching a row
+    operations = (verify, reencrypt, encrypt_column, decrypt_column)
+    for operation in operations:
+        for column in (plain.c.name, "ssn"):
+            with pytest.raises(ConfigurationError):
+                operation(engine, column)  # type: ignore[operator]
 
 
 def test_reencrypt_after_a_rename_and_again_is_a_no_op(
@@ -359,6 +368,22 @@ def test_reencrypt_under_other_keys_takes_a_keyring_or_an_encryptor(
     assert refs == {"new"}
     sqla_envelope.configure(Encryptor(new_keys.without("old")))
     assert _values(engine, people)[3] == "ssn-3"
+
+
+def test_reencrypt_reports_rows_it_cannot_decrypt_or_stops_on_them(
+    engine: sa.Engine, people: sa.Table
+) -> None:
+    stranger = Encryptor(LocalKeyring.generate("stranger"))
+    foreign = stranger.encrypt(b"ssn-x", people.c.ssn.type.encryption_context())
+    raw = sa.table("rot_people", sa.column("id"), sa.column("ssn", sa.LargeBinary))
+    with engine.begin() as conn:
+        conn.execute(raw.update().where(raw.c.id == 5).values(ssn=foreign))
+    with pytest.raises(DecryptionError, match=r"row \(5,\)"):
+        reencrypt(engine, people.c.ssn, batch_size=10)  # strict by default
+    report = reencrypt(engine, people.c.ssn, batch_size=10, strict=False)
+    assert [pk for pk, _ in report.failures] == [(5,)]
+    assert report.changed == ROWS - 1
+    assert _raw(engine, people)[5] == foreign  # left as it was
 
 
 def test_verify_reports_failing_primary_keys_without_values(
