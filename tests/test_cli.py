@@ -363,6 +363,9 @@ def test_keys_remove_retires_a_key_but_never_the_primary(
     capsys.readouterr()
     assert main(["keys", "remove", str(path), "new"]) == 1
     assert "primary" in capsys.readouterr().err
+    assert main(["keys", "remove", str(path), "nope"]) == 1
+    assert capsys.readouterr().err == "sqla-envelope: error: key 'nope' is not in the keyring\n"
+    assert LocalKeyring.from_file(path).key_ids == ("old", "new")  # nothing changed
     assert main(["keys", "remove", str(path), "old"]) == 0
     assert LocalKeyring.from_file(path).key_ids == ("new",)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -715,6 +715,7 @@ def test_bad_run_options_exit_2_and_say_why(
     [
         (["encrypt-column", "--logical", "integer"], "--logical integer values cannot be changed"),
         (["reencrypt", "--kms-key-id", "alias/x"], "reencrypt writes under one key"),
+        (["reencrypt", "--from-context", "{bad"], "--from-context takes a JSON object"),
         (["encrypt-column", "--kms-key-id", "alias/x"], "encrypt-column encrypts under one key"),
     ],
 )

@@ -173,3 +173,33 @@ def test_reencrypt_after_a_rename_makes_one_decrypt_per_row_and_none_that_fails(
         assert sorted(conn.execute(sa.select(new.c.token)).scalars()) == [
             f"tok-{i}" for i in range(6)
         ]
+
+
+def test_a_kms_outage_stops_verify_and_reencrypt_instead_of_failing_rows(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    table: tuple[sa.Engine, sa.Table],
+) -> None:
+    from sqla_envelope.rotation import reencrypt, verify
+
+    engine, accounts = table
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn)))
+    with engine.begin() as conn:
+        conn.execute(accounts.insert(), [{"id": i, "token": f"tok-{i}"} for i in range(4)])
+    before = _stored(engine)
+    recorder.fail("Decrypt", "KMSInternalException", 500)
+    for operation in (verify, reencrypt):
+        sqla_envelope.configure(Encryptor(new_keyring(key.arn)))  # a cold key cache
+        # An outage is not a bad row: not reported row by row, even with strict=False.
+        with pytest.raises(KeyringError, match="KMSInternalException"):
+            operation(engine, accounts.c.token, strict=False)
+    assert _stored(engine) == before  # nothing rewritten
+    recorder.failures.clear()
+    assert verify(engine, accounts.c.token).failed == 0
+
+
+def _stored(engine: sa.Engine) -> list[bytes]:
+    with engine.connect() as conn:
+        return [bytes(v) for v in conn.execute(sa.text("SELECT token FROM accounts ORDER BY id"))
+                .scalars()]  # fmt: skip
