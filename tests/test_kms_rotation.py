@@ -58,6 +58,20 @@ def table(tmp_path: Any) -> tuple[sa.Engine, sa.Table]:
     return engine, accounts
 
 
+def _fill(engine: sa.Engine, accounts: sa.Table, keyring: Any, rows: int) -> None:
+    """Write tok-0 .. tok-(rows-1) under ``keyring``, which becomes the default."""
+    sqla_envelope.configure(Encryptor(keyring))
+    with engine.begin() as conn:
+        conn.execute(accounts.insert(), [{"id": i, "token": f"tok-{i}"} for i in range(rows)])
+
+
+def _tokens(engine: sa.Engine, accounts: sa.Table, keyring: Any) -> list[str]:
+    """The values as a reader holding only ``keyring`` reads them, sorted."""
+    sqla_envelope.configure(Encryptor(keyring))
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.select(accounts.c.token)).scalars())
+
+
 def _key_refs(engine: sa.Engine) -> list[str]:
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT token FROM accounts ORDER BY id")).scalars().all()
@@ -72,9 +86,7 @@ def test_kms_to_kms_rewrap_uses_reencrypt(
 ) -> None:
     engine, accounts = table
     old, new = make_key(), make_key()
-    sqla_envelope.configure(Encryptor(new_keyring(old.arn)))
-    with engine.begin() as conn:
-        conn.execute(accounts.insert(), [{"id": i, "token": f"tok-{i}"} for i in range(12)])
+    _fill(engine, accounts, new_keyring(old.arn), 12)
     recorder.clear()
     changed = rewrap(engine, accounts.c.token, new_keyring(new.arn), batch_size=5)
     assert changed == 12
@@ -85,11 +97,7 @@ def test_kms_to_kms_rewrap_uses_reencrypt(
         assert params["SourceEncryptionContext"] == {"table": "accounts", "column": "token"}
         assert params["DestinationKeyId"] == new.arn
     assert set(_key_refs(engine)) == {new.arn}
-    sqla_envelope.configure(Encryptor(new_keyring(new.arn)))
-    with engine.connect() as conn:
-        assert sorted(conn.execute(sa.select(accounts.c.token)).scalars()) == sorted(
-            f"tok-{i}" for i in range(12)
-        )
+    assert _tokens(engine, accounts, new_keyring(new.arn)) == sorted(f"tok-{i}" for i in range(12))
     assert rewrap(engine, accounts.c.token, new_keyring(new.arn)) == 0  # idempotent
 
 
@@ -101,19 +109,14 @@ def test_local_to_kms_rewrap_unwraps_locally_and_wraps_in_kms(
 ) -> None:
     engine, accounts = table
     local = LocalKeyring.generate()
-    sqla_envelope.configure(Encryptor(local))
-    with engine.begin() as conn:
-        conn.execute(accounts.insert(), [{"id": i, "token": f"tok-{i}"} for i in range(5)])
+    _fill(engine, accounts, local, 5)
     target = make_key()
     assert rewrap(engine, accounts.c.token, new_keyring(target.arn)) == 5
     ops = recorder.operations()
     assert ops.count("Encrypt") == 5 and "Decrypt" not in ops  # unwrapped locally
     assert set(_key_refs(engine)) == {target.arn}
-    sqla_envelope.configure(Encryptor(new_keyring(target.arn)))  # KMS alone reads them now
-    with engine.connect() as conn:
-        assert sorted(conn.execute(sa.select(accounts.c.token)).scalars()) == [
-            f"tok-{i}" for i in range(5)
-        ]
+    # KMS alone reads them now
+    assert _tokens(engine, accounts, new_keyring(target.arn)) == [f"tok-{i}" for i in range(5)]
 
 
 def test_a_kms_outage_during_rewrap_stops_cleanly(
@@ -124,9 +127,7 @@ def test_a_kms_outage_during_rewrap_stops_cleanly(
 ) -> None:
     engine, accounts = table
     old, new = make_key(), make_key()
-    sqla_envelope.configure(Encryptor(new_keyring(old.arn)))
-    with engine.begin() as conn:
-        conn.execute(accounts.insert(), [{"id": i, "token": f"tok-{i}"} for i in range(10)])
+    _fill(engine, accounts, new_keyring(old.arn), 10)
     recorder.fail("ReEncrypt", "KMSInternalException", 500)
     with pytest.raises(KeyringError):
         rewrap_column(engine, accounts.c.token, new_keyring(new.arn), batch_size=4, workers=1)
@@ -184,9 +185,7 @@ def test_a_kms_outage_stops_verify_and_reencrypt_instead_of_failing_rows(
     from sqla_envelope.rotation import reencrypt, verify
 
     engine, accounts = table
-    sqla_envelope.configure(Encryptor(new_keyring(key.arn)))
-    with engine.begin() as conn:
-        conn.execute(accounts.insert(), [{"id": i, "token": f"tok-{i}"} for i in range(4)])
+    _fill(engine, accounts, new_keyring(key.arn), 4)
     before = _stored(engine)
     recorder.fail("Decrypt", "KMSInternalException", 500)
     for operation in (verify, reencrypt):
