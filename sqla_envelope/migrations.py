@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from .errors import ConfigurationError, DecryptionError, MalformedEnvelopeError
 from .rotation import (
     Bind,
-    as_key,
     column_encryptor,
     encrypted_column,
     worker_count,
@@ -127,7 +126,7 @@ def encrypt_column(
     return walk_column(
         bind, table, read, guard, col, transform, report,
         batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
-        start_after=as_key(start_after), progress=progress,
+        start_after=start_after, progress=progress,
         workers=worker_count(workers, encryptor.keyring),
     )  # fmt: skip
 
@@ -196,7 +195,7 @@ def decrypt_column(
     return walk_column(
         bind, table, read, guard, write, transform, report,
         batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
-        start_after=as_key(start_after), progress=progress,
+        start_after=start_after, progress=progress,
         workers=worker_count(workers, encryptor.keyring),
     )  # fmt: skip
 

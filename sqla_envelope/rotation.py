@@ -21,7 +21,6 @@ from .types import EncryptedType
 from .walk import SKIP, ColumnReport, Progress, Shard, walk_column
 
 __all__ = [
-    "as_key",
     "column_encryptor",
     "encrypted_column",
     "reencrypt",
@@ -123,7 +122,7 @@ def rewrap_column(
         dry_run=dry_run,
         strict=strict,
         shard=shard,
-        start_after=as_key(start_after),
+        start_after=start_after,
         workers=worker_count(workers, source, target),
         progress=progress,
     )
@@ -225,7 +224,7 @@ def reencrypt(
         dry_run=dry_run,
         strict=strict,
         shard=shard,
-        start_after=as_key(start_after),
+        start_after=start_after,
         workers=worker_count(workers, source.keyring, target.keyring),
         progress=progress,
     )
@@ -263,7 +262,7 @@ def verify(
     return walk_column(
         bind, table, [col], [col], col, transform, report,
         batch_size=batch_size, dry_run=True, strict=strict, shard=shard,
-        start_after=as_key(start_after), workers=worker_count(workers, encryptor.keyring),
+        start_after=start_after, workers=worker_count(workers, encryptor.keyring),
         progress=progress,
     )  # fmt: skip
 
@@ -273,10 +272,3 @@ def worker_count(workers: int | None, *keyrings: object) -> int:
     if workers is not None:
         return max(1, workers)
     return 16 if any(getattr(k, "unwraps_remotely", False) for k in keyrings) else 1
-
-
-def as_key(start_after: Any) -> tuple[Any, ...] | None:
-    """A primary key value, or a tuple of them for a composite key, as a tuple."""
-    if start_after is None:
-        return None
-    return tuple(start_after) if isinstance(start_after, (tuple, list)) else (start_after,)

@@ -167,7 +167,7 @@ def walk_column(
     dry_run: bool = False,
     strict: bool = False,
     shard: Shard | None = None,
-    start_after: Sequence[Any] | None = None,
+    start_after: Any = None,
     workers: int = 1,
     progress: Progress | None = None,
 ) -> ColumnReport:
@@ -181,7 +181,8 @@ def walk_column(
     A DecryptionError or InvalidValueError from ``transform`` is recorded against
     the row's primary key (or raised with ``strict``, naming the key); any other
     error stops the run after rolling back the current batch; the batches before
-    it stay committed.
+    it stay committed. ``start_after`` resumes after a primary key value (a tuple
+    for a composite key), as a report's ``last_key`` gives it.
     """
     if batch_size < 1:
         raise ConfigurationError("batch_size must be at least 1")
@@ -204,7 +205,7 @@ def walk_column(
             raise ConfigurationError("--shard needs a table with a single integer primary key")
         start, stop = _shard_bounds(bind, pk[0], shard)
         where.append(pk[0].between(start, stop))
-    last = tuple(start_after) if start_after is not None else None
+    last = as_key(start_after)
     names = [f"pk_{i}" for i in range(len(pk))]
     update = (
         sa.update(view)
@@ -274,6 +275,13 @@ def walk_column(
         if pool is not None:
             pool.shutdown(wait=True)
     return report
+
+
+def as_key(start_after: Any) -> tuple[Any, ...] | None:
+    """A primary key value, or a tuple of them for a composite key, as a tuple."""
+    if start_after is None:
+        return None
+    return tuple(start_after) if isinstance(start_after, (tuple, list)) else (start_after,)
 
 
 def _execute_hiding_values(conn: Any, statement: Any, params: list[dict[str, Any]]) -> Any:
