@@ -16,7 +16,7 @@ from .aead import NONCE_SIZE, data_key_cipher, open_sealed, random_bytes
 from .audit import KeyEvent, Listener
 from .cache import KeyCache, peek
 from .context import EncryptionContext
-from .envelope import FORMAT_VERSION, header_end, pack, wrapped_keys_of
+from .envelope import FORMAT_VERSION, header_end, header_size, pack, wrapped_keys_of
 from .errors import (
     ConfigurationError,
     DecryptionError,
@@ -239,7 +239,7 @@ class Encryptor:
 
     def open(self, envelope: bytes, context: EncryptionContext) -> bytes:
         """``decrypt`` for a context already in canonical form (what columns use)."""
-        end = header_end(envelope)
+        end = header_size(envelope) or header_end(envelope)  # the fast path inline
         # Keyed by the whole wrapped-key section, key references included: a
         # changed byte there misses the cache and goes back to the keyring.
         key = envelope[1:end]

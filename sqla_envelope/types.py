@@ -191,13 +191,14 @@ class EncryptedType(TypeDecorator[Any]):
         encode = self._codec.encode
         fixed = self.encryptor
         store = self.envelope_storer()
-        encryption_context = self.encryption_context
+        context: EncryptionContext | None = None
 
         def process(value: Any) -> Any:
+            nonlocal context
             if value is None:
                 return None
-            # The column's context is built once (it costs ~3 µs) and kept on the type.
-            context = encryption_context()
+            if context is None:  # on the first value: the type may be attached late
+                context = self.encryption_context()
             encryptor = fixed if fixed is not None else get_default_encryptor()
             try:
                 envelope = encryptor.seal(encode(value), context)
@@ -217,12 +218,14 @@ class EncryptedType(TypeDecorator[Any]):
         fixed = self.encryptor
         load = self.envelope_loader()
         as_text = self.storage == "base64"
-        encryption_context = self.encryption_context
+        context: EncryptionContext | None = None
 
         def process(value: Any) -> Any:
+            nonlocal context
             if value is None:
                 return None
-            context = encryption_context()
+            if context is None:
+                context = self.encryption_context()
             stored = value
             try:
                 if as_text or type(value) is not bytes:  # spares the common case a call
