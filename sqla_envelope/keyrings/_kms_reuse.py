@@ -161,17 +161,33 @@ class ReuseKeys:
 
     # -- reading ------------------------------------------------------------------
 
-    def unwrap(self, key_ref: str, blob: bytes, context: EncryptionContext) -> bytes:
-        """Unwrap a bounded-reuse copy with its wrapping key (one KMS Decrypt, then cached).
+    def unwrap_known(self, key_ref: str, blob: bytes, canonical: bytes) -> bytes | None:
+        """The data key of ``blob`` if it is under the wrapping key read last, else None.
 
-        Called once per value read, so it stays short: rows written together
-        share a wrapping key and are mostly read together, so the last wrapping
-        key used is checked first, by comparing bytes rather than hashing them.
+        The per-value read path, so it stays short: rows written together share
+        a wrapping key and are mostly read together, so the last wrapping key
+        used is checked first, by comparing bytes rather than hashing them
+        (startswith copies nothing). A match also vouches for ``key_ref``: only a
+        copy under a key this keyring holds is ever remembered.
         """
+        last = self._last  # one read: another thread may replace it meanwhile
+        if (
+            last is None
+            or len(blob) != last[1]
+            or not blob.startswith(last[0])
+            or key_ref != last[2]
+            or canonical != last[3]
+            or self._clock() >= last[5]
+        ):
+            return None
+        return last[4].unwrap(blob[-LOCAL_WRAPPED_SIZE:], canonical)
+
+    def unwrap(self, key_ref: str, blob: bytes, context: EncryptionContext) -> bytes:
+        """Unwrap a bounded-reuse copy with its wrapping key (one KMS Decrypt, then cached)."""
         canonical = context.canonical
-        wrapper = self._remembered(key_ref, blob, canonical)
-        if wrapper is not None:
-            return wrapper.unwrap(blob[-LOCAL_WRAPPED_SIZE:], canonical)
+        data_key = self.unwrap_known(key_ref, blob, canonical)
+        if data_key is not None:
+            return data_key
         head, local_wrap = split_reuse(blob)
         cache_key = (key_ref, head, canonical)
         entry = self._unwrapped.entry(cache_key)
@@ -187,23 +203,8 @@ class ReuseKeys:
 
     def group(self, key_ref: str, blob: bytes, context: EncryptionContext) -> Hashable | None:
         """What reading a copy needs from KMS: its wrapping key, or None once it is known."""
-        if self._remembered(key_ref, blob, context.canonical) is not None:
-            return None
         cache_key = (key_ref, split_reuse(blob)[0], context.canonical)
         return None if self._unwrapped.peek(cache_key) is not None else cache_key
-
-    def _remembered(self, key_ref: str, blob: bytes, canonical: bytes) -> LocalKeyWrapper | None:
-        """The wrapper read last, if ``blob`` is under it; startswith copies nothing."""
-        last = self._last  # one read: another thread may replace it meanwhile
-        if (
-            last is None
-            or len(blob) != last[1]
-            or not blob.startswith(last[0])
-            or key_ref != last[2]
-            or canonical != last[3]
-        ):
-            return None
-        return last[4] if self._clock() < last[5] else None
 
     def _load(
         self, key_ref: str, kms_ciphertext: bytes, context: EncryptionContext

@@ -275,10 +275,13 @@ class KmsKeyring:
         region down, throttling) moves on to the next held copy of the same data
         key; a DecryptionError (altered, wrong context) stops at once.
         """
-        if len(wrapped_keys) == 1 and is_reuse(wrapped_keys[0].blob):
+        if len(wrapped_keys) == 1:
             # The bounded-reuse read path, once per value: one copy, unwrapped locally.
             key_ref, blob = wrapped_keys[0]
-            if key_ref == self.key_id or key_ref == self._arns.get(self.key_id):
+            data_key = self._reuse.unwrap_known(key_ref, blob, context.canonical)
+            if data_key is not None:
+                return data_key
+            if is_reuse(blob) and key_ref in (self.key_id, self._arns.get(self.key_id)):
                 return self._reuse.unwrap(key_ref, blob, context)
         first_error: KeyringError | None = None
         for key_ref, blob in self._candidates(wrapped_keys):
