@@ -22,10 +22,10 @@ touching every value, with a COLD key cache (``clear_cache()`` right before):
 5. ``KmsKeyring(mode="bounded_reuse", max_rows=1000)`` with the Encryptor defaults:
    a multi-row insert generates the wrapping keys it will use up concurrently, before
    its rows (``reserve``), and a select decrypts the distinct wrapping keys of its
-   result concurrently (``unwrap_all`` with the keyring's ``unwrap_group``), the
-   values' own data keys being unwrapped locally; and for information with
-   ``Encryptor(prefetch=False)``, where the select fetches each wrapping key when
-   its first row is decrypted.
+   result concurrently, each as soon as its first row is fetched (``unwrap_all``
+   with the keyring's ``plan_unwraps``), the values' own data keys being unwrapped
+   locally; and for information with ``Encryptor(prefetch=False)``, where the
+   select fetches each wrapping key when its first row is decrypted.
 
 Every scenario gets a fresh keyring and Encryptor in each repeat, warmed up outside
 the timer (the boto3 client built, the worker threads started, under another

@@ -7,8 +7,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, Literal
 
@@ -149,53 +149,64 @@ class Encryptor:
         use). Decrypting the values afterwards then hits the cache. A keyring with
         a ``plan_unwraps`` method (KmsKeyring) picks the envelopes whose unwrap
         needs its service, one per need (bounded reuse: one per wrapping key),
-        and only those are unwrapped here. Returns the number of keys unwrapped. A
-        KeyringError (KMS down) is raised at once; a value that cannot be
-        decrypted is left for its own decrypt() to report.
+        and only those are unwrapped here. ``envelopes`` is read once, and each
+        unwrap starts as soon as it is found, so a lazy iterable (rows still being
+        fetched) is scanned while the first requests are in flight. Returns the
+        number of keys unwrapped, once all are. A KeyringError (KMS down) is
+        raised as soon as it is met, and stops the unwraps not yet started, so an
+        outage costs one failing request per worker, not one per value; a value
+        that cannot be decrypted is left for its own decrypt() to report.
         """
         ctx = EncryptionContext.of(context)
         cache = self._cache
         if not cache.enabled:
             return 0  # nothing would be kept for the decrypts that follow
-        framed: list[tuple[bytes, int]] = []
-        for envelope in envelopes:
-            if envelope is None:
-                continue
-            try:
-                framed.append((envelope, header_end(envelope)))
-            except MalformedEnvelopeError:
-                continue  # decrypt() reports it, on its own row
-        # A keyring may pick the envelopes worth unwrapping ahead (bounded reuse:
-        # one per wrapping key); the others unwrap locally when decrypted.
+        # filter(None, ...) drops NULLs (and empty values, which decrypt() reports).
+        present: Iterable[bytes] = filter(None, envelopes)
         plan = getattr(self.keyring, "plan_unwraps", None)
-        if plan is not None and framed:
-            framed = plan(framed, ctx)
-        pending: dict[bytes, tuple[bytes, int]] = {}
-        for envelope, end in framed:
-            key = envelope[1:end]
-            if key not in pending and cache.peek(key) is None:
-                pending[key] = (envelope, end)
+        candidates = plan(present, ctx) if plan is not None else _framed(present)
+        batch = _Batch()
+        executor: ThreadPoolExecutor | None = None
+        first: tuple[Any, ...] | None = None  # run here, with no thread, if it stays alone
+        pending: set[bytes] = set()
+        futures: list[Future[int]] = []
+        try:
+            for envelope, end in candidates:
+                if batch.failed:
+                    break
+                key = envelope[1:end]
+                if key in pending or cache.peek(key) is not None:
+                    continue
+                pending.add(key)
+                job = (key, envelope, end, ctx, batch)
+                if first is None and not futures and self.max_workers > 1:
+                    first = job
+                else:
+                    executor = executor or self._pool()
+                    if first is not None:
+                        futures.append(executor.submit(self._prefetch_one, *first))
+                        first = None
+                    futures.append(executor.submit(self._prefetch_one, *job))
                 if len(pending) >= cache.maxsize:
                     break
-        if not pending:
-            return 0
-        if len(pending) == 1 or self.max_workers == 1:
-            jobs = [self._prefetch_one(key, env, end, ctx) for key, (env, end) in pending.items()]
-            return sum(jobs)
-        executor = self._pool()
-        futures = [
-            executor.submit(self._prefetch_one, key, env, end, ctx)
-            for key, (env, end) in pending.items()
-        ]
-        return sum(future.result() for future in futures)
+            done = self._prefetch_one(*first) if first is not None else 0
+            return done + sum(future.result() for future in futures)
+        except BaseException:
+            batch.failed = True  # the unwraps not yet started stop at once
+            raise
 
     def _prefetch_one(
-        self, key: bytes, envelope: bytes, end: int, context: EncryptionContext
+        self, key: bytes, envelope: bytes, end: int, context: EncryptionContext, batch: _Batch
     ) -> int:
+        if batch.failed or self._cache.peek(key) is not None:
+            return 0  # a request of this batch failed, or a decrypt got here first
         try:
             self._cache.load(key, self._unwrap, envelope, end, context)
         except DecryptionError:
             return 0
+        except BaseException:
+            batch.failed = True
+            raise
         return 1
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -213,7 +224,7 @@ class Encryptor:
         with self._executor_lock:
             executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=True)
+            executor.shutdown(wait=True, cancel_futures=True)
         self.clear_cache()
 
     # -- the hot path, with a pre-built context -------------------------------------
@@ -305,6 +316,24 @@ class Encryptor:
             except Exception:
                 # A broken exporter must not fail reads and writes; say so loudly.
                 log.exception("sqla_envelope audit listener %r failed", listener)
+
+
+class _Batch:
+    """The unwraps started for one result, and whether one of them has failed."""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed = False
+
+
+def _framed(envelopes: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
+    """Each envelope with its header size; what is not an envelope is for decrypt() to report."""
+    for envelope in envelopes:
+        try:
+            yield envelope, header_end(envelope)
+        except MalformedEnvelopeError:
+            continue
 
 
 _default: Encryptor | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -303,6 +303,42 @@ def test_unwrap_all_passes_over_what_is_not_an_envelope() -> None:
     assert keyring.unwrap_calls - before == 3  # all three came from the cache
     with pytest.raises(MalformedEnvelopeError):
         enc.decrypt(good[0][:20], CTX)
+
+
+def test_unwrap_all_starts_while_the_envelopes_are_still_coming() -> None:
+    # The SELECT hook hands over rows as they are fetched: the first keys must be
+    # on their way before the last rows arrive, and all unwrapped when it returns.
+    keyring = _keyring()
+    enc = Encryptor(keyring, max_workers=4)
+    envelopes = [enc.encrypt(b"v%d" % i, CTX) for i in range(6)]
+    enc.clear_cache()
+    started_early: list[bool] = []
+
+    def arriving() -> Iterator[bytes]:
+        yield from envelopes[:5]
+        deadline = time.monotonic() + 5
+        while keyring.unwrap_calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        started_early.append(keyring.unwrap_calls > 0)
+        yield envelopes[5]
+
+    assert enc.unwrap_all(arriving(), CTX) == 6
+    assert started_early == [True]
+    assert keyring.unwrap_calls == 6  # and every decrypt now comes from the cache
+    assert [enc.decrypt(e, CTX) for e in envelopes] == [b"v%d" % i for i in range(6)]
+    assert keyring.unwrap_calls == 6
+
+
+def test_unwrap_all_stops_at_the_first_keyring_failure() -> None:
+    keyring = _keyring(delay=0.01)
+    enc = Encryptor(keyring, max_workers=2)
+    envelopes = [enc.encrypt(b"v%d" % i, CTX) for i in range(30)]
+    enc.clear_cache()
+    keyring.fail_with = KeyringError("the key service is down")
+    with pytest.raises(KeyringError, match="down"):
+        enc.unwrap_all(envelopes, CTX)
+    time.sleep(0.2)  # what is still queued would run now
+    assert keyring.unwrap_calls <= 4  # a failing call per worker, not one per value
 
 
 def test_construction_rejects_what_cannot_work() -> None:

@@ -156,6 +156,25 @@ def test_select_unwraps_a_results_keys_concurrently_and_duplicates_once(
     assert reader.stats()["cache_hits"] >= 30
 
 
+def test_a_kms_failure_stops_the_rest_of_a_results_prefetch(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    engine, person = people
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=0)))
+    _insert(engine, person, 40)
+    sqla_envelope.configure(Encryptor(new_keyring(key.arn), max_workers=2))
+    recorder.fail("Decrypt", "ThrottlingException")
+    recorder.clear()
+    with Session(engine) as session, pytest.raises(KeyringError, match="ThrottlingException"):
+        session.scalars(sa.select(person)).all()
+    time.sleep(0.5)  # what is still queued would run now
+    # about a failing request per worker (two), not one per row (forty)
+    assert recorder.operations().count("Decrypt") <= 4
+
+
 def test_prefetch_can_be_turned_off_per_statement(
     key: Key,
     new_keyring: Callable[..., KmsKeyring],

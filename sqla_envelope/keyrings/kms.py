@@ -6,12 +6,12 @@ import contextlib
 import os
 import time
 import weakref
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ..aead import DATA_KEY_SIZE, LOCAL_WRAPPED_SIZE, LocalKeyWrapper, random_bytes
 from ..context import EncryptionContext
-from ..envelope import WrappedKey, wrapped_keys_of
+from ..envelope import WrappedKey, header_end, wrapped_keys_of
 from ..errors import ConfigurationError, DecryptionError, KeyringError, MalformedEnvelopeError
 from ._kms_blob import DIRECT, direct_blob, is_reuse, parse_blob, reuse_blob
 from ._kms_clients import KmsClients, RetryMode, arn_parts, is_key_arn
@@ -203,27 +203,29 @@ class KmsKeyring:
             self._pool.reserve(context, count)
 
     def plan_unwraps(
-        self, envelopes: Sequence[tuple[bytes, int]], context: EncryptionContext
-    ) -> list[tuple[bytes, int]]:
-        """Of a query's envelopes (each with its header size), the ones to unwrap ahead.
+        self, envelopes: Iterable[bytes], context: EncryptionContext
+    ) -> Iterator[tuple[bytes, int]]:
+        """Of a query's envelopes, the ones to unwrap ahead, each with its header size.
 
         Used by ``Encryptor.unwrap_all`` to make, concurrently, every KMS call a
-        batch of rows needs, and no more. Decided per stored copy, not by this
-        keyring's mode, since either mode reads both: a direct-mode copy is a
-        Decrypt of its own; for bounded-reuse copies, one envelope per wrapping
-        key not yet unwrapped here, the rest unwrapping locally when their rows
-        are decrypted. Rows written together share a wrapping key and sit
-        together, so a row whose header matches the previous row's up to its
-        local wrap (the last bytes of a one-copy header) is passed over without
-        being parsed.
+        batch of rows needs, and no more; yielded as found, so the first requests
+        are in flight while the rest of the rows are scanned. Decided per stored
+        copy, not by this keyring's mode, since either mode reads both: a
+        direct-mode copy is a Decrypt of its own; for bounded-reuse copies, one
+        envelope per wrapping key not yet unwrapped here, the rest unwrapping
+        locally when their rows are decrypted. Rows written together share a
+        wrapping key and sit together, so a row that starts with the previous
+        one-copy row's header up to its local wrap (the bytes that name the
+        wrapping key, their lengths included) is passed over unparsed.
         """
-        chosen: list[tuple[bytes, int]] = []
         needs: set[Hashable] = set()
-        same_as_last, last_end = b"", -1
-        for envelope, end in envelopes:
-            if end == last_end and envelope.startswith(same_as_last):
+        same_as_last: bytes | None = None
+        for envelope in envelopes:
+            if same_as_last is not None and envelope.startswith(same_as_last):
                 continue
+            same_as_last = None
             try:
+                end = header_end(envelope)
                 wrapped_keys = wrapped_keys_of(envelope, end)
             except MalformedEnvelopeError:
                 continue  # decrypt() reports it, on its own row
@@ -232,15 +234,13 @@ class KmsKeyring:
                 continue
             key_ref, blob = candidates[0]
             need: Hashable | None = (key_ref, blob)
-            last_end = -1
             if is_reuse(blob):
                 need = self._reuse.group(key_ref, blob, context)
-                if len(wrapped_keys) == 1:
-                    same_as_last, last_end = envelope[: end - LOCAL_WRAPPED_SIZE], end
+                if len(wrapped_keys) == 1 and len(blob) > LOCAL_WRAPPED_SIZE:
+                    same_as_last = envelope[: end - LOCAL_WRAPPED_SIZE]
             if need is not None and need not in needs:
                 needs.add(need)
-                chosen.append((envelope, end))
-        return chosen
+                yield envelope, end
 
     def close(self) -> None:
         """Stop the prefetch workers and forget pooled data keys; the keyring still works."""
