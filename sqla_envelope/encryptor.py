@@ -124,8 +124,16 @@ class Encryptor:
         }
 
     def clear_cache(self) -> None:
-        """Forget every unwrapped data key now (after a key compromise, in tests)."""
+        """Forget every unwrapped data key now (after a key compromise, in tests).
+
+        A keyring that keeps keys of its own (KmsKeyring's bounded-reuse wrapping
+        keys) forgets them too, so every key is asked of the keyring's service
+        again: a revoked grant or key policy applies at once.
+        """
         self._cache.clear()
+        clear_keyring = getattr(self.keyring, "clear_cache", None)
+        if clear_keyring is not None:
+            clear_keyring()
 
     # -- batches ----------------------------------------------------------------------
 

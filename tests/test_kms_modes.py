@@ -101,6 +101,20 @@ def test_bounded_reuse_renews_the_wrapping_key_after_max_age(
     assert recorder.operations().count("GenerateDataKey") == 2
 
 
+def test_clear_cache_forgets_the_wrapping_keys_too(
+    key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder
+) -> None:
+    enc = Encryptor(new_keyring(key.arn, mode="bounded_reuse"))
+    envelopes = [enc.encrypt(b"x", USERS_SSN) for _ in range(3)]
+    assert [enc.decrypt(e, USERS_SSN) for e in envelopes] == [b"x"] * 3
+    assert recorder.operations() == ["GenerateDataKey", "Decrypt"]
+    enc.clear_cache()  # a grant was revoked: KMS must be asked again, both ways
+    recorder.clear()
+    assert enc.decrypt(envelopes[0], USERS_SSN) == b"x"
+    enc.encrypt(b"y", USERS_SSN)
+    assert recorder.operations() == ["Decrypt", "GenerateDataKey"]
+
+
 def test_each_context_gets_its_own_wrapping_key(
     key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder
 ) -> None:

@@ -206,6 +206,17 @@ class ReuseKeys:
         cache_key = (key_ref, split_reuse(blob)[0], context.canonical)
         return None if self._unwrapped.peek(cache_key) is not None else cache_key
 
+    def clear(self) -> None:
+        """Forget every wrapping key now, for writing and for reading.
+
+        The next write generates a new wrapping key and the next read of each
+        asks KMS again, so a revoked grant or key policy applies at once.
+        """
+        with self._lock:
+            self._lanes.clear()
+        self._unwrapped.clear()
+        self._last = None
+
     def _load(
         self, key_ref: str, kms_ciphertext: bytes, context: EncryptionContext
     ) -> LocalKeyWrapper:

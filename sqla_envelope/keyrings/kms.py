@@ -242,6 +242,10 @@ class KmsKeyring:
                 needs.add(need)
                 yield envelope, end
 
+    def clear_cache(self) -> None:
+        """Forget the bounded-reuse wrapping keys held in memory (``Encryptor.clear_cache``)."""
+        self._reuse.clear()
+
     def close(self) -> None:
         """Stop the prefetch workers and forget pooled data keys; the keyring still works."""
         if self._pool is not None:
