@@ -232,7 +232,7 @@ class Encryptor:
         with self._executor_lock:
             executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=True)
         self.clear_cache()
 
     # -- the hot path, with a pre-built context -------------------------------------
