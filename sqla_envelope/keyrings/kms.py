@@ -279,12 +279,15 @@ class KmsKeyring:
         region down, throttling) moves on to the next held copy of the same data
         key; a DecryptionError (altered, wrong context) stops at once.
         """
-        if len(wrapped_keys) == 1:
-            # The bounded-reuse read path, once per value: one copy, unwrapped locally.
-            key_ref, blob = wrapped_keys[0]
-            data_key = self._reuse.unwrap_known(key_ref, blob, context.canonical)
+        # The bounded-reuse read path, once per value: a copy under the wrapping key
+        # read last (only ever one under a key held here) unwraps locally at once.
+        canonical = context.canonical
+        for key_ref, blob in wrapped_keys:
+            data_key = self._reuse.unwrap_known(key_ref, blob, canonical)
             if data_key is not None:
                 return data_key
+        if len(wrapped_keys) == 1:
+            key_ref, blob = wrapped_keys[0]
             if is_reuse(blob) and key_ref in (self.key_id, self._arns.get(self.key_id)):
                 return self._reuse.unwrap(key_ref, blob, context)
         first_error: KeyringError | None = None
