@@ -205,9 +205,33 @@ def header_size(data: bytes) -> int:
 def header_end(data: bytes) -> int:
     """Offset of the nonce in any envelope: ``header_size``'s fast path, else ``unpack``.
 
-    Raises MalformedEnvelopeError for a value that is not an envelope.
+    Envelopes with several wrapped keys (multi-region KMS) have a fast path of
+    their own. Raises MalformedEnvelopeError for a value that is not an envelope.
     """
-    return header_size(data) or unpack(data).header_size
+    return header_size(data) or _several_keys_header_size(data) or unpack(data).header_size
+
+
+def _several_keys_header_size(data: bytes) -> int:
+    """``header_size`` for an envelope with 2 to 255 wrapped keys, else 0 (for ``unpack``).
+
+    The same length checks as ``unpack``, without building anything; key
+    references are checked for ASCII by ``wrapped_keys_of``.
+    """
+    size = len(data)
+    if size < MIN_ENVELOPE_SIZE or data[0] != FORMAT_VERSION or data[1] < 2:
+        return 0
+    pos = 2
+    for _ in range(data[1]):
+        if pos >= size or data[pos] == 0:
+            return 0
+        pos += 1 + data[pos]
+        if pos + 2 > size:
+            return 0
+        wrapped_len = (data[pos] << 8) | data[pos + 1]
+        pos += 2 + wrapped_len
+        if wrapped_len == 0 or pos > size:
+            return 0
+    return pos if size - pos >= NONCE_SIZE + TAG_SIZE else 0
 
 
 def envelope_size(plaintext_size: int, wrapped_keys: Sequence[tuple[int, int]]) -> int:
@@ -227,10 +251,34 @@ def wrapped_keys_of(data: bytes, end: int) -> tuple[WrappedKey, ...]:
     otherwise. Raises MalformedEnvelopeError for a key reference that is not ASCII.
     """
     if data[1] != 1:
-        return unpack(data).wrapped_keys
+        return _wrapped_keys_before(data, end)
     ref_end = 3 + data[2]
     try:
         key_ref = data[3:ref_end].decode("ascii")
     except UnicodeDecodeError:
         raise _malformed("key reference is not ASCII") from None
     return (_new_tuple(WrappedKey, (key_ref, data[ref_end + 2 : end])),)
+
+
+def _wrapped_keys_before(data: bytes, end: int) -> tuple[WrappedKey, ...]:
+    """The wrapped keys of a several-key envelope whose header ``header_end`` vouched for.
+
+    Walks the lengths once, without ``unpack``'s checks or its copies of the nonce
+    and ciphertext: the read path of multi-region envelopes, after ``header_end``
+    has parsed them already. Anything that does not land exactly on ``end`` goes
+    to ``unpack``, which says what is wrong.
+    """
+    keys = []
+    pos = 2
+    try:
+        for _ in range(data[1]):
+            ref_end = pos + 1 + data[pos]
+            wrapped_end = ref_end + 2 + ((data[ref_end] << 8) | data[ref_end + 1])
+            key_ref = data[pos + 1 : ref_end].decode("ascii")
+            keys.append(_new_tuple(WrappedKey, (key_ref, data[ref_end + 2 : wrapped_end])))
+            pos = wrapped_end
+    except (IndexError, UnicodeDecodeError):
+        pos = -1
+    if pos != end:
+        return unpack(data).wrapped_keys
+    return tuple(keys)

@@ -14,6 +14,7 @@ from sqla_envelope.envelope import (
     Envelope,
     WrappedKey,
     envelope_size,
+    header_end,
     header_size,
     pack,
     unpack,
@@ -112,6 +113,22 @@ def test_header_size_declines_what_it_cannot_vouch_for() -> None:
     assert header_size(good[:2] + b"\x00" + good[3:]) == 0  # zero-length key ref
     for cut in range(len(good) - len(SEALED) + TAG_SIZE):
         assert header_size(good[:cut]) == 0, cut
+
+
+def test_header_end_measures_several_keys_as_unpack_does() -> None:
+    # Multi-region envelopes hold a copy per key: their read path must not unpack twice.
+    data = pack(THREE_KEYS, NONCE, SEALED)
+    assert header_end(data) == unpack(data).header_size
+    assert wrapped_keys_of(data, header_end(data)) == THREE_KEYS
+    for cut in range(len(data) - len(SEALED) + TAG_SIZE):
+        with pytest.raises(MalformedEnvelopeError):
+            header_end(data[:cut])
+    later_empty = header((b"a1b2c3", BLOB), (b"", BLOB)) + NONCE + SEALED
+    with pytest.raises(MalformedEnvelopeError):
+        header_end(later_empty)
+    non_ascii = header((b"a1b2c3", BLOB), (b"\xe2\x82\xac", BLOB)) + NONCE + SEALED
+    with pytest.raises(MalformedEnvelopeError, match="not ASCII"):
+        wrapped_keys_of(non_ascii, header_end(non_ascii))
 
 
 # -- malformed input --------------------------------------------------------------------
@@ -285,15 +302,22 @@ def test_reprs_hide_wrapped_blobs() -> None:
 
 
 def _check_any_bytes(data: bytes) -> None:
-    """unpack returns an Envelope or raises MalformedEnvelopeError; nothing else."""
+    """unpack returns an Envelope or raises MalformedEnvelopeError; nothing else.
+
+    The fast paths (header_size, header_end, wrapped_keys_of) agree with it.
+    """
     fast = header_size(data)
+    try:
+        end = header_end(data)
+    except MalformedEnvelopeError:
+        end = 0
     try:
         parsed = unpack(data)
     except MalformedEnvelopeError:
-        # The fast path may measure a non-ASCII key reference; the slice step refuses it.
-        if fast:
+        # The fast paths may measure a non-ASCII key reference; the slice step refuses it.
+        for size in {fast, end} - {0}:
             with pytest.raises(MalformedEnvelopeError):
-                wrapped_keys_of(data, fast)
+                wrapped_keys_of(data, size)
         return
     assert isinstance(parsed, Envelope)
     assert parsed.version == 1
@@ -303,6 +327,7 @@ def _check_any_bytes(data: bytes) -> None:
     assert parsed.header_size + NONCE_SIZE + len(parsed.sealed) == len(data)
     assert fast == (parsed.header_size if len(parsed.wrapped_keys) == 1 else 0)
     assert wrapped_keys_of(data, parsed.header_size) == parsed.wrapped_keys
+    assert end == parsed.header_size
     repacked = pack(parsed.wrapped_keys, parsed.nonce, parsed.sealed)
     assert repacked == data
 
