@@ -98,6 +98,12 @@ def _insert(engine: sa.Engine, person: type[Any], count: int, start: int = 0) ->
         session.commit()
 
 
+def _write_rows(engine: sa.Engine, person: type[Any], writer: KmsKeyring, count: int) -> None:
+    """A read test's setup: ``count`` rows written through ``writer`` as the default."""
+    sqla_envelope.configure(Encryptor(writer))
+    _insert(engine, person, count)
+
+
 @pytest.mark.parametrize(
     ("prefetch", "rows", "overlapped"),
     [
@@ -137,8 +143,7 @@ def test_select_unwraps_a_results_keys_concurrently_and_duplicates_once(
     people: tuple[sa.Engine, type[Any]],
 ) -> None:
     engine, person = people
-    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=0)))
-    _insert(engine, person, 30)
+    _write_rows(engine, person, new_keyring(key.arn, prefetch=0), 30)
     with engine.begin() as conn:  # row 29 now holds a copy of row 0's value
         conn.execute(
             sa.text("UPDATE people SET ssn = (SELECT ssn FROM people WHERE id = 0) WHERE id = 29")
@@ -163,8 +168,7 @@ def test_a_kms_failure_stops_the_rest_of_a_results_prefetch(
     people: tuple[sa.Engine, type[Any]],
 ) -> None:
     engine, person = people
-    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=0)))
-    _insert(engine, person, 40)
+    _write_rows(engine, person, new_keyring(key.arn, prefetch=0), 40)
     sqla_envelope.configure(Encryptor(new_keyring(key.arn), max_workers=2))
     recorder.fail("Decrypt", "ThrottlingException")
     recorder.clear()
@@ -182,8 +186,7 @@ def test_prefetch_can_be_turned_off_per_statement(
     people: tuple[sa.Engine, type[Any]],
 ) -> None:
     engine, person = people
-    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=0)))
-    _insert(engine, person, 5)
+    _write_rows(engine, person, new_keyring(key.arn, prefetch=0), 5)
     sqla_envelope.configure(Encryptor(new_keyring(key.arn)))
     latency.peak = 0
     with Session(engine) as session:
@@ -200,8 +203,7 @@ def test_core_results_prefetch_too_and_unwrap_all_is_explicit(
     people: tuple[sa.Engine, type[Any]],
 ) -> None:
     engine, person = people
-    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=0)))
-    _insert(engine, person, 10)
+    _write_rows(engine, person, new_keyring(key.arn, prefetch=0), 10)
     table = person.__table__
     reader = Encryptor(new_keyring(key.arn), prefetch=False)
     sqla_envelope.configure(reader)
@@ -239,8 +241,7 @@ def test_kms_failure_during_a_prefetch_fails_the_select(
     people: tuple[sa.Engine, type[Any]],
 ) -> None:
     engine, person = people
-    sqla_envelope.configure(Encryptor(new_keyring(key.arn, prefetch=0)))
-    _insert(engine, person, 5)
+    _write_rows(engine, person, new_keyring(key.arn, prefetch=0), 5)
     sqla_envelope.configure(Encryptor(new_keyring(key.arn)))
     recorder.fail("Decrypt", "AccessDeniedException")
     latency.peak = 0
