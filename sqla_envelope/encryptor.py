@@ -187,7 +187,7 @@ class Encryptor:
                     continue
                 pending.add(key)
                 job = (key, envelope, end, ctx, batch)
-                if first is None and not futures and self.max_workers > 1:
+                if first is None and not futures:
                     first = job
                 else:
                     executor = executor or self._pool()
