@@ -115,6 +115,26 @@ def test_clear_cache_forgets_the_wrapping_keys_too(
     assert recorder.operations() == ["Decrypt", "GenerateDataKey"]
 
 
+def test_a_results_prefetch_passes_over_damaged_rows_and_asks_once_per_wrapping_key(
+    key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder
+) -> None:
+    writer = Encryptor(new_keyring(key.arn, mode="bounded_reuse", max_rows=3))
+    good = [writer.encrypt(b"v%d" % i, USERS_SSN) for i in range(6)]  # two wrapping keys
+    truncated = good[1][:-20]  # starts like its neighbours: skipped by the scan
+    tampered = good[2][:-1] + bytes((good[2][-1] ^ 1,))
+    mixed = [None, b"junk", good[0], truncated, good[1], tampered, good[2], *good[3:]]
+    reader = Encryptor(new_keyring(key.arn, mode="bounded_reuse"))
+    recorder.clear()
+    assert reader.unwrap_all(mixed, USERS_SSN) == 2  # one row per wrapping key
+    assert recorder.operations() == ["Decrypt", "Decrypt"]
+    assert [reader.decrypt(e, USERS_SSN) for e in good] == [b"v%d" % i for i in range(6)]
+    with pytest.raises(MalformedEnvelopeError):
+        reader.decrypt(truncated, USERS_SSN)
+    with pytest.raises(DecryptionError):
+        reader.decrypt(tampered, USERS_SSN)
+    assert recorder.operations() == ["Decrypt", "Decrypt"]  # every row read locally
+
+
 def test_each_context_gets_its_own_wrapping_key(
     key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder
 ) -> None:
