@@ -1,11 +1,15 @@
 """AES-256-GCM for values, AES-SIV for wrapping data keys under local master keys.
 
-The only module that imports ``cryptography.hazmat``; everything above it deals
-in bytes and opaque cipher objects.
+Also the key commitment of format v2: one key derivation from each data key
+gives the value's AES-GCM key and a commitment to the data key. The only module
+that imports ``cryptography.hazmat``; everything above it deals in bytes and
+opaque cipher objects.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -16,12 +20,15 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .errors import ConfigurationError, DecryptionError
 
 __all__ = [
+    "COMMITMENT_SIZE",
     "DATA_KEY_SIZE",
     "LOCAL_WRAPPED_SIZE",
     "MASTER_KEY_SIZE",
     "NONCE_SIZE",
     "LocalKeyWrapper",
+    "committed_cipher",
     "data_key_cipher",
+    "new_committed_cipher",
     "open_sealed",
     "random_bytes",
 ]
@@ -32,6 +39,12 @@ NONCE_SIZE = 12
 # AES-SIV output: the 16-byte synthetic IV, then the encrypted data key.
 LOCAL_WRAPPED_SIZE = 16 + DATA_KEY_SIZE
 _LOCAL_WRAP_INFO = b"sqla-envelope/local-wrap/v1"
+COMMITMENT_SIZE = 32
+# NIST SP 800-56C Rev. 2, section 4.1, one-step key derivation with H = SHA-512:
+# counter (32-bit, 1) || Z (the data key) || FixedInfo. One SHA-512 block gives
+# 64 bytes: the AES-256-GCM key, then the key commitment.
+_KDF_COUNTER = (1).to_bytes(4, "big")
+_KDF_FIXED_INFO = b"sqla-envelope v2 key and commitment"
 
 random_bytes = os.urandom
 
@@ -48,6 +61,43 @@ def data_key_cipher(data_key: bytes) -> AESGCM:
     if len(data_key) != DATA_KEY_SIZE:
         raise ValueError(f"a data key of {len(data_key)} bytes, not {DATA_KEY_SIZE}")
     return AESGCM(data_key)
+
+
+def _derive(data_key: bytes) -> bytes:
+    if len(data_key) != DATA_KEY_SIZE:
+        raise ValueError(f"a data key of {len(data_key)} bytes, not {DATA_KEY_SIZE}")
+    return hashlib.sha512(_KDF_COUNTER + data_key + _KDF_FIXED_INFO).digest()
+
+
+def new_committed_cipher(data_key: bytes) -> tuple[AESGCM, bytes]:
+    """The v2 cipher of a new data key and the commitment to store beside it.
+
+    Key commitment (as in the AWS Encryption SDK's committing suites): the
+    stored commitment is a derivation of the data key, so a value opens under
+    one data key only, whichever wrapped copy a reader unwraps. Without it, one
+    AES-GCM ciphertext can be crafted to open under two keys to two plaintexts.
+    ValueError for a key of the wrong size.
+    """
+    okm = _derive(data_key)
+    return AESGCM(okm[:32]), okm[32:]
+
+
+_NOT_COMMITTED = (
+    "data key does not match the value's key commitment: the value was altered, or "
+    "a wrapped copy of another data key was put in it"
+)
+
+
+def committed_cipher(data_key: bytes, commitment: bytes) -> AESGCM:
+    """The v2 cipher of an unwrapped data key, once it matches the stored commitment.
+
+    Compared in constant time. DecryptionError when it does not match;
+    ValueError for a key of the wrong size.
+    """
+    okm = _derive(data_key)
+    if not hmac.compare_digest(okm[32:], commitment):
+        raise DecryptionError(_NOT_COMMITTED)
+    return AESGCM(okm[:32])
 
 
 _VALUE_FAILED = (

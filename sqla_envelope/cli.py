@@ -155,6 +155,8 @@ def _print_envelope(envelope: Envelope, total: int) -> None:
     rows = [("format version", str(envelope.version))]
     for number, key in enumerate(envelope.wrapped_keys, start=1):
         rows.append((f"wrapped key {number}", f"under key {key.key_ref}, {len(key.blob)} bytes"))
+    if envelope.commitment:
+        rows.append(("key commitment", f"{len(envelope.commitment)} bytes"))
     rows += [
         ("nonce", f"{len(envelope.nonce)} bytes"),
         ("ciphertext", f"{envelope.plaintext_size} bytes (the plaintext's size)"),

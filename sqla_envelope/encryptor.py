@@ -10,13 +10,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from time import perf_counter
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from .aead import NONCE_SIZE, data_key_cipher, open_sealed, random_bytes
+from .aead import (
+    NONCE_SIZE,
+    committed_cipher,
+    data_key_cipher,
+    new_committed_cipher,
+    open_sealed,
+    random_bytes,
+)
 from .audit import KeyEvent, Listener
 from .cache import KeyCache, peek
 from .context import EncryptionContext
-from .envelope import FORMAT_VERSION, header_end, header_size, pack, wrapped_keys_of
+from .envelope import COMMITMENT_SIZE, V1, V2, header_end, header_size, pack_header, wrapped_keys_of
 from .errors import (
     ConfigurationError,
     DecryptionError,
@@ -25,13 +32,21 @@ from .errors import (
 )
 from .keyrings.base import Keyring, keyring_failure
 
-__all__ = ["Encryptor", "configure", "get_default_encryptor"]
+__all__ = [
+    "COMMITMENT_POLICIES",
+    "CommitmentPolicy",
+    "Encryptor",
+    "configure",
+    "get_default_encryptor",
+]
 
-# Associated data of a v1 value: the version byte, then the canonical context.
-# Not the wrapped keys, so that rewrap can replace them without touching the
-# ciphertext: each wrapped key is authenticated by its own wrap, and a foreign
-# one yields a data key that fails this tag.
-_V1_AAD_PREFIX = bytes((FORMAT_VERSION,))
+# Associated data of a v2 value: its whole header (version, every wrapped copy,
+# the key commitment), then the canonical context. Of a v1 value: the version
+# byte, then the context; v1 left the wrapped keys unauthenticated.
+_V1_AAD_PREFIX = bytes((V1,))
+
+CommitmentPolicy = Literal["require_encrypt_allow_decrypt", "require_encrypt_require_decrypt"]
+COMMITMENT_POLICIES: tuple[CommitmentPolicy, ...] = get_args(CommitmentPolicy)
 
 log = logging.getLogger("sqla_envelope")
 
@@ -47,6 +62,13 @@ class Encryptor:
     they are unwrapped; either set to 0 disables caching. Only data keys are
     cached, never plaintext values. Thread-safe: one Encryptor serves a whole
     application.
+
+    Values are written in format v2, whose key commitment makes a value open
+    under one data key only. ``commitment_policy`` names, as the AWS Encryption
+    SDK does, what is read: ``"require_encrypt_allow_decrypt"`` (the default)
+    still reads v1 values written before commitment existed;
+    ``"require_encrypt_require_decrypt"`` refuses them with DecryptionError, for
+    once ``rewrap`` has moved every value to v2 (docs/format.md).
     """
 
     def __init__(
@@ -59,6 +81,7 @@ class Encryptor:
         prefetch: bool | None = None,
         listeners: Iterable[Listener] = (),
         clock: Callable[[], float] = time.monotonic,
+        commitment_policy: CommitmentPolicy = "require_encrypt_allow_decrypt",
     ) -> None:
         if not isinstance(keyring, Keyring):
             raise ConfigurationError(
@@ -68,6 +91,10 @@ class Encryptor:
             raise ConfigurationError("cache_ttl and cache_size must not be negative")
         if max_workers < 1:
             raise ConfigurationError("max_workers must be at least 1")
+        if commitment_policy not in COMMITMENT_POLICIES:
+            raise ConfigurationError(f"commitment_policy must be one of {COMMITMENT_POLICIES}")
+        self.commitment_policy = commitment_policy
+        self._reads_v1 = commitment_policy == "require_encrypt_allow_decrypt"
         self.keyring = keyring
         self._cache: KeyCache[Any] = KeyCache(cache_size, cache_ttl, clock=clock)
         # Keyring calls, counted with itertools.count: next() is atomic under the
@@ -112,6 +139,24 @@ class Encryptor:
         if not isinstance(envelope, (bytes, bytearray, memoryview)):
             raise TypeError("decrypt() takes bytes")
         return self.open(bytes(envelope), EncryptionContext.of(context))
+
+    def reading_v1(self) -> Encryptor:
+        """This Encryptor if it reads format v1 values, else one like it that does.
+
+        What ``rewrap`` and ``reencrypt`` read with whatever the application's
+        ``commitment_policy``: they exist to move v1 values to v2. The copy shares
+        the keyring and the audit listeners; it has a cache of its own.
+        """
+        if self._reads_v1:
+            return self
+        return Encryptor(
+            self.keyring,
+            cache_ttl=self._cache.ttl,
+            cache_size=self._cache.maxsize,
+            max_workers=self.max_workers,
+            prefetch=self.prefetch,
+            listeners=self._listeners,
+        )
 
     def stats(self) -> dict[str, int]:
         """Keyring calls and cache effectiveness since this Encryptor was built."""
@@ -182,7 +227,7 @@ class Encryptor:
             for envelope, end in candidates:
                 if batch.failed:
                     break
-                key = envelope[1:end]
+                key = envelope[:end]
                 if key in pending or cache.peek(key) is not None:
                     continue
                 pending.add(key)
@@ -243,7 +288,8 @@ class Encryptor:
         started = perf_counter() if self._listeners else 0.0
         try:
             data_key = self.keyring.generate_data_key(context)
-            cipher = data_key_cipher(data_key.plaintext)  # refuses a key of the wrong size
+            # refuses a key of the wrong size
+            cipher, commitment = new_committed_cipher(data_key.plaintext)
         except Exception as exc:
             if self._listeners:
                 self._emit("wrap", context, "", False, started, exc)
@@ -252,16 +298,18 @@ class Encryptor:
             raise keyring_failure(self.keyring, "generate a data key", exc) from exc
         if self._listeners:
             self._emit("wrap", context, data_key.wrapped_keys[0].key_ref, False, started)
+        header = pack_header(data_key.wrapped_keys, commitment)
         nonce = random_bytes(NONCE_SIZE)
-        sealed = cipher.encrypt(nonce, plaintext, _V1_AAD_PREFIX + context.canonical)
-        return pack(data_key.wrapped_keys, nonce, sealed)
+        return header + nonce + cipher.encrypt(nonce, plaintext, header + context.canonical)
 
     def open(self, envelope: bytes, context: EncryptionContext) -> bytes:
         """``decrypt`` for a context already in canonical form (what columns use)."""
         end = header_size(envelope) or header_end(envelope)  # the fast path inline
-        # Keyed by the whole wrapped-key section, key references included: a
-        # changed byte there misses the cache and goes back to the keyring.
-        key = envelope[1:end]
+        # Keyed by the whole header, key references and commitment included: a
+        # changed byte there misses the cache and goes back to the keyring. A
+        # v2 key is only cached once its commitment checked, so a hit needs no
+        # check of its own.
+        key = envelope[:end]
         cache = self._cache
         cipher = cache.get(key)
         if cipher is None:
@@ -272,15 +320,26 @@ class Encryptor:
             cipher,
             envelope[end : end + NONCE_SIZE],
             envelope[end + NONCE_SIZE :],
-            _V1_AAD_PREFIX + context.canonical,
+            (key if envelope[0] == V2 else _V1_AAD_PREFIX) + context.canonical,
         )
 
     def _unwrap(self, envelope: bytes, end: int, context: EncryptionContext) -> object:
+        v2 = envelope[0] == V2
+        if not v2 and not self._reads_v1:
+            raise DecryptionError(
+                "a format v1 value, written without key commitment, and this Encryptor's "
+                "commitment_policy is require_encrypt_require_decrypt: rewrap the column "
+                "to move its values to v2"
+            )
         wrapped_keys = wrapped_keys_of(envelope, end)
         next(self._unwraps)
         started = perf_counter() if self._listeners else 0.0
         try:
-            cipher = data_key_cipher(self.keyring.unwrap_data_key(wrapped_keys, context))
+            data_key = self.keyring.unwrap_data_key(wrapped_keys, context)
+            if v2:
+                cipher = committed_cipher(data_key, envelope[end - COMMITMENT_SIZE : end])
+            else:
+                cipher = data_key_cipher(data_key)
         except Exception as exc:
             if self._listeners:
                 self._emit("unwrap", context, wrapped_keys[0].key_ref, False, started, exc)

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .context import EncryptionContext
 from .encryptor import Encryptor, get_default_encryptor
-from .envelope import WrappedKey, header_end, pack_header, wrapped_keys_of
+from .envelope import FORMAT_VERSION, header_end, wrapped_keys_of
 from .errors import ConfigurationError, DecryptionError, MalformedEnvelopeError
 from .keyrings.base import Keyring, call_keyring
 from .types import EncryptedType
@@ -56,11 +56,11 @@ def column_encryptor(type_: EncryptedType) -> Encryptor:
     return type_.encryptor if type_.encryptor is not None else get_default_encryptor()
 
 
-def _keyring_of(to: Encryptor | Keyring) -> Keyring:
+def _sealer(to: Encryptor | Keyring) -> Encryptor:
     if isinstance(to, Encryptor):
-        return to.keyring
-    if isinstance(to, Keyring):
         return to
+    if isinstance(to, Keyring):
+        return Encryptor(to)
     raise ConfigurationError("to= takes an Encryptor or a Keyring")
 
 
@@ -79,35 +79,26 @@ def rewrap_column(
 ) -> ColumnReport:
     """``rewrap`` with the full report: changed, skipped, conflicts, failed rows."""
     table, col, type_ = encrypted_column(column)
-    source = column_encryptor(type_).keyring
-    target = _keyring_of(to)
+    source = column_encryptor(type_).reading_v1()
+    target = _sealer(to)
+    keyring = target.keyring
     context = type_.encryption_context()
     load, store = type_.envelope_loader(), type_.envelope_storer()
-    reencrypt_keys = getattr(target, "reencrypt_data_key", None)
 
     def transform(row: tuple[Any, ...]) -> Any:
         (stored,) = row
         if stored is None:
             return SKIP
         raw = load(stored)
-        # Parse by offset and keep the nonce and ciphertext as they are: only the
-        # header changes (unpack also validates what header_size cannot vouch for).
-        end = header_end(raw)
-        keys = wrapped_keys_of(raw, end)
-        if call_keyring(target, "check a key", target.is_primary, keys[0]):
-            return SKIP
-        wrapped: tuple[WrappedKey, ...] | None = None
-        if reencrypt_keys is not None:
-            # KMS to KMS: ReEncrypt inside KMS, the data key never leaves it.
-            wrapped = call_keyring(target, "re-encrypt a data key", reencrypt_keys, keys, context)
-        if wrapped is None:
-            data_key = call_keyring(
-                source, "unwrap a data key", source.unwrap_data_key, keys, context
-            )
-            wrapped = call_keyring(
-                target, "wrap a data key", target.wrap_data_key, data_key, context
-            )
-        return store(pack_header(wrapped) + raw[end:])
+        end = header_end(raw)  # raises for what is not an envelope
+        if raw[0] == FORMAT_VERSION:
+            first = wrapped_keys_of(raw, end)[0]
+            if call_keyring(keyring, "check a key", keyring.is_primary, first):
+                return SKIP
+        # Format v2 authenticates the header, wrapped keys included, with the
+        # value: new wrapped keys mean sealing the value again (and a v1 value
+        # moves to v2 on the way).
+        return store(target.seal(source.open(raw, context), context))
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
     return walk_column(
@@ -131,11 +122,14 @@ def rewrap_column(
 def rewrap(
     bind: Bind, column: Any, to: Encryptor | Keyring, *, batch_size: int = 1000, **options: Any
 ) -> int:
-    """Re-wrap every value's data key in ``column`` under ``to``'s primary key.
+    """Move every value of ``column`` under ``to``'s primary key, in the current format.
 
-    The ciphertext is untouched: only the wrapped data key changes, so this is
-    cheap and safe to run on a live table. Values already under ``to`` are
-    skipped, so an interrupted run is simply run again. Old values are read with
+    Each value is decrypted and sealed again under a fresh data key from ``to``
+    (format v2 authenticates the wrapped keys with the value, so they cannot be
+    swapped alone); format v1 values are moved to v2 even when they are under
+    the primary key already. Safe to run on a live table. Values already under
+    ``to`` in the current format are skipped, so an interrupted run is simply
+    run again. Old values are read with
     the column's own encryptor (or the default). Walks the table in primary-key
     order, ``batch_size`` rows per transaction, and never overwrites a value that
     changed since it was read. Returns the number of values changed. A value
@@ -176,13 +170,8 @@ def reencrypt(
     stopped run resumes with ``start_after`` (the report's ``last_key``).
     """
     table, col, type_ = encrypted_column(column)
-    source = column_encryptor(type_)
-    if to is None:
-        target = source
-    elif isinstance(to, Encryptor):
-        target = to
-    else:  # a Keyring, as rewrap takes
-        target = Encryptor(_keyring_of(to))
+    source = column_encryptor(type_).reading_v1()
+    target = column_encryptor(type_) if to is None else _sealer(to)
     current = type_.encryption_context()
     previous = EncryptionContext(from_context) if from_context is not None else current
     load, store = type_.envelope_loader(), type_.envelope_storer()

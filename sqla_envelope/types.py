@@ -16,7 +16,7 @@ from sqlalchemy.types import to_instance
 from .codecs import Codec, codec_for
 from .context import EncryptionContext
 from .encryptor import Encryptor, get_default_encryptor
-from .envelope import FORMAT_VERSION
+from .envelope import V1, V2
 from .errors import (
     ConfigurationError,
     DecryptionError,
@@ -44,7 +44,7 @@ _ALLOWED_OPERATORS = frozenset(
 )
 _NULL_COMPARISONS = frozenset({operators.eq, operators.ne})
 # How every stored envelope starts: what allow_plaintext will not read as plaintext.
-_VERSION_BYTE = bytes((FORMAT_VERSION,))
+_VERSION_BYTES = (bytes((V1,)), bytes((V2,)))
 # Logical types whose encoding is small and bounded: a 64 KiB BLOB holds them on MySQL.
 _SMALL_STRING = 8_000
 
@@ -286,7 +286,7 @@ class EncryptedType(TypeDecorator[Any]):
                 stored = base64.b64decode(stored[: len(stored) // 4 * 4], validate=True)
             except (binascii.Error, ValueError):
                 return False
-        return bytes(stored[:1]) == _VERSION_BYTE
+        return bytes(stored[:1]) in _VERSION_BYTES
 
     def _plaintext(self, stored: Any) -> Any:
         """A value stored before encryption, read under ``allow_plaintext``."""

@@ -270,7 +270,8 @@ class TestInspect:
         assert main(["inspect", encode(envelope)]) == 0
         out = capsys.readouterr().out
         wrapped = unpack(envelope).wrapped_keys[0]
-        assert "format version  1" in out
+        assert "format version  2" in out
+        assert "key commitment  32 bytes" in out
         assert f"under key abc123, {len(wrapped.blob)} bytes" in out
         assert "nonce           12 bytes" in out
         assert "ciphertext      6 bytes" in out
@@ -279,7 +280,10 @@ class TestInspect:
 
     def test_lists_every_wrapped_key(self, capsys: pytest.CaptureFixture[str]) -> None:
         data = pack(
-            [WrappedKey("k1", b"\x01" * 60), WrappedKey("k2", b"\x02" * 7)], b"n" * 12, b"t" * 20
+            [WrappedKey("k1", b"\x01" * 60), WrappedKey("k2", b"\x02" * 7)],
+            b"c" * 32,
+            b"n" * 12,
+            b"t" * 20,
         )
         assert main(["inspect", data.hex()]) == 0
         out = capsys.readouterr().out

@@ -8,15 +8,20 @@ from hypothesis import strategies as st
 
 from sqla_envelope import Encryptor, LocalKeyring
 from sqla_envelope.envelope import (
+    COMMITMENT_SIZE,
     MIN_ENVELOPE_SIZE,
+    MIN_V2_SIZE,
     NONCE_SIZE,
     TAG_SIZE,
     Envelope,
     WrappedKey,
+    copies_end,
     envelope_size,
     header_end,
     header_size,
     pack,
+    pack_header,
+    pack_v1,
     unpack,
     wrapped_keys_of,
 )
@@ -51,26 +56,26 @@ def real_envelope(plaintext: bytes = b"123-45-6789") -> bytes:
 
 @pytest.mark.parametrize("keys", [ONE_KEY, THREE_KEYS], ids=["one-key", "three-keys"])
 def test_pack_unpack_round_trip(keys: tuple[WrappedKey, ...]) -> None:
-    data = pack(keys, NONCE, SEALED)
+    data = pack_v1(keys, NONCE, SEALED)
     parsed = unpack(data)
     assert parsed == Envelope(1, keys, NONCE, SEALED, len(data) - NONCE_SIZE - len(SEALED))
     assert parsed.plaintext_size == len(SEALED) - TAG_SIZE
     assert len(data) == envelope_size(
-        parsed.plaintext_size, [(len(k.key_ref), len(k.blob)) for k in keys]
+        parsed.plaintext_size, [(len(k.key_ref), len(k.blob)) for k in keys], version=1
     )
     assert data[parsed.header_size : parsed.header_size + NONCE_SIZE] == NONCE
     assert wrapped_keys_of(data, parsed.header_size) == keys
 
 
 def test_pack_layout_byte_by_byte() -> None:
-    data = pack(ONE_KEY, NONCE, SEALED)
+    data = pack_v1(ONE_KEY, NONCE, SEALED)
     assert data == b"\x01\x01\x06a1b2c3\x00\x30" + BLOB + NONCE + SEALED
     assert len(data) == 81 + 6 + len(SEALED) - TAG_SIZE
 
 
 def test_pack_single_key_fast_path_matches_general_path() -> None:
-    one = pack(ONE_KEY, NONCE, SEALED)
-    two = pack((*ONE_KEY, *ONE_KEY), NONCE, SEALED)
+    one = pack_v1(ONE_KEY, NONCE, SEALED)
+    two = pack_v1((*ONE_KEY, *ONE_KEY), NONCE, SEALED)
     # The general path with the key count patched back to 1 and the copy removed.
     group = two[2 : 2 + 1 + 6 + 2 + 48]
     assert one == b"\x01\x01" + group + NONCE + SEALED
@@ -78,7 +83,7 @@ def test_pack_single_key_fast_path_matches_general_path() -> None:
 
 def test_pack_accepts_the_limits() -> None:
     keys = [WrappedKey("r" * 255, b"w" * 0xFFFF)] + [WrappedKey("k", b"\x00")] * 254
-    data = pack(keys, NONCE, b"T" * TAG_SIZE)
+    data = pack_v1(keys, NONCE, b"T" * TAG_SIZE)
     parsed = unpack(data)
     assert len(parsed.wrapped_keys) == 255
     assert parsed.wrapped_keys[0] == keys[0]
@@ -88,7 +93,7 @@ def test_pack_accepts_the_limits() -> None:
 
 
 def test_smallest_envelope() -> None:
-    data = pack([WrappedKey("k", b"w")], NONCE, b"T" * TAG_SIZE)
+    data = pack_v1([WrappedKey("k", b"w")], NONCE, b"T" * TAG_SIZE)
     assert len(data) == MIN_ENVELOPE_SIZE == 35
     assert unpack(data).header_size == 7
     assert header_size(data) == 7
@@ -100,16 +105,16 @@ def test_smallest_envelope() -> None:
 @pytest.mark.parametrize("plaintext", [b"", b"x", b"123-45-6789", bytes(300)])
 def test_header_size_fast_path_equals_unpack(plaintext: bytes) -> None:
     data = real_envelope(plaintext)
-    assert header_size(data) == unpack(data).header_size == 2 + 1 + 6 + 2 + 48
-    data = pack(ONE_KEY, NONCE, b"x" * 40)
+    assert header_size(data) == unpack(data).header_size == 2 + 1 + 6 + 2 + 48 + 32
+    data = pack_v1(ONE_KEY, NONCE, b"x" * 40)
     assert header_size(data) == unpack(data).header_size
 
 
 def test_header_size_declines_what_it_cannot_vouch_for() -> None:
-    good = pack(ONE_KEY, NONCE, SEALED)
-    assert header_size(pack(THREE_KEYS, NONCE, SEALED)) == 0
+    good = pack_v1(ONE_KEY, NONCE, SEALED)
+    assert header_size(pack_v1(THREE_KEYS, NONCE, SEALED)) == 0
     assert header_size(b"") == 0
-    assert header_size(b"\x02" + good[1:]) == 0
+    assert header_size(b"\x03" + good[1:]) == 0
     assert header_size(good[:2] + b"\x00" + good[3:]) == 0  # zero-length key ref
     for cut in range(len(good) - len(SEALED) + TAG_SIZE):
         assert header_size(good[:cut]) == 0, cut
@@ -117,7 +122,7 @@ def test_header_size_declines_what_it_cannot_vouch_for() -> None:
 
 def test_header_end_measures_several_keys_as_unpack_does() -> None:
     # Multi-region envelopes hold a copy per key: their read path must not unpack twice.
-    data = pack(THREE_KEYS, NONCE, SEALED)
+    data = pack_v1(THREE_KEYS, NONCE, SEALED)
     assert header_end(data) == unpack(data).header_size
     assert wrapped_keys_of(data, header_end(data)) == THREE_KEYS
     for cut in range(len(data) - len(SEALED) + TAG_SIZE):
@@ -143,9 +148,9 @@ def test_empty_value() -> None:
         unpack(b"")
 
 
-@pytest.mark.parametrize("version", [0x00, 0x02, 0xFF])
+@pytest.mark.parametrize("version", [0x00, 0x03, 0xFF])
 def test_unknown_version(version: int) -> None:
-    data = bytes((version,)) + pack(ONE_KEY, NONCE, SEALED)[1:]
+    data = bytes((version,)) + pack_v1(ONE_KEY, NONCE, SEALED)[1:]
     with pytest.raises(MalformedEnvelopeError, match=f"unknown format version {version}"):
         unpack(data)
     with pytest.raises(MalformedEnvelopeError):
@@ -154,7 +159,7 @@ def test_unknown_version(version: int) -> None:
 
 @pytest.mark.parametrize("keys", [ONE_KEY, THREE_KEYS], ids=["one-key", "three-keys"])
 def test_every_truncation_of_an_empty_plaintext_envelope(keys: tuple[WrappedKey, ...]) -> None:
-    data = pack(keys, NONCE, b"T" * TAG_SIZE)  # nothing between the header and the tag
+    data = pack_v1(keys, NONCE, b"T" * TAG_SIZE)  # nothing between the header and the tag
     unpack(data)
     for cut in range(len(data)):
         with pytest.raises(MalformedEnvelopeError):
@@ -237,7 +242,7 @@ def test_key_count_claiming_more_keys_than_present() -> None:
 
 
 def test_wrapped_length_past_the_end() -> None:
-    data = bytearray(pack(ONE_KEY, NONCE, SEALED))
+    data = bytearray(pack_v1(ONE_KEY, NONCE, SEALED))
     data[9:11] = (0xFFFF).to_bytes(2, "big")
     with pytest.raises(MalformedEnvelopeError, match="truncated wrapped key"):
         unpack(bytes(data))
@@ -276,7 +281,63 @@ def test_key_ref_length_past_the_end() -> None:
 )
 def test_pack_refuses_out_of_range(keys: list[WrappedKey], nonce: bytes, sealed: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - any ValueError, the point is refusal
-        pack(keys, nonce, sealed)
+        pack_v1(keys, nonce, sealed)
+
+
+# -- format v2 ------------------------------------------------------------------------
+
+COMMITMENT = bytes(range(200, 232))
+
+
+def test_v2_layout_byte_by_byte() -> None:
+    data = pack(ONE_KEY, COMMITMENT, NONCE, SEALED)
+    header = b"\x02\x01\x06a1b2c3\x00\x30" + BLOB + COMMITMENT
+    assert data == header + NONCE + SEALED
+    assert pack_header(ONE_KEY, COMMITMENT) == header
+    assert len(data) == 113 + 6 + len(SEALED) - TAG_SIZE
+    parsed = unpack(data)
+    assert parsed == Envelope(2, ONE_KEY, NONCE, SEALED, len(header), COMMITMENT)
+    assert header_size(data) == header_end(data) == len(header)
+    assert copies_end(data, len(header)) == len(header) - COMMITMENT_SIZE
+    assert wrapped_keys_of(data, len(header)) == ONE_KEY
+    assert len(data) == envelope_size(parsed.plaintext_size, [(6, len(BLOB))])
+    assert envelope_size(parsed.plaintext_size, [(6, len(BLOB))], version=1) == len(data) - 32
+
+
+def test_v2_several_keys_and_the_single_key_fast_path_agree() -> None:
+    data = pack(THREE_KEYS, COMMITMENT, NONCE, SEALED)
+    parsed = unpack(data)
+    assert parsed.wrapped_keys == THREE_KEYS and parsed.commitment == COMMITMENT
+    assert header_size(data) == 0  # several keys: the fast path declines
+    assert header_end(data) == parsed.header_size
+    assert wrapped_keys_of(data, parsed.header_size) == THREE_KEYS
+    one = pack(ONE_KEY, COMMITMENT, NONCE, SEALED)
+    two = pack((*ONE_KEY, *ONE_KEY), COMMITMENT, NONCE, SEALED)
+    group = two[2 : 2 + 1 + 6 + 2 + 48]
+    assert one == b"\x02\x01" + group + COMMITMENT + NONCE + SEALED
+
+
+def test_smallest_v2_envelope_and_every_truncation() -> None:
+    data = pack([WrappedKey("k", b"w")], COMMITMENT, NONCE, b"T" * TAG_SIZE)
+    assert len(data) == MIN_V2_SIZE == 67
+    assert unpack(data).header_size == header_size(data) == 39
+    for cut in range(len(data)):
+        with pytest.raises(MalformedEnvelopeError):
+            unpack(data[:cut])
+        assert header_size(data[:cut]) == 0
+
+
+@pytest.mark.parametrize("size", [0, 31, 33])
+def test_pack_refuses_a_commitment_of_the_wrong_size(size: int) -> None:
+    with pytest.raises(ValueError, match="commitment"):
+        pack(ONE_KEY, b"c" * size, NONCE, SEALED)
+
+
+def test_v1_and_v2_headers_of_the_same_keys_never_share_a_cache_key() -> None:
+    # The key cache is keyed by the whole header: the version byte and the
+    # commitment keep a v1 entry and a v2 entry apart.
+    v1, v2 = pack_v1(ONE_KEY, NONCE, SEALED), pack(ONE_KEY, COMMITMENT, NONCE, SEALED)
+    assert v1[: header_end(v1)] != v2[: header_end(v2)]
 
 
 # -- reprs never show the wrapped blob --------------------------------------------------
@@ -285,7 +346,7 @@ def test_pack_refuses_out_of_range(keys: list[WrappedKey], nonce: bytes, sealed:
 def test_reprs_hide_wrapped_blobs() -> None:
     blob = bytes.fromhex("deadbeefcafebabe") * 6
     key = WrappedKey("a1b2c3", blob)
-    data = pack([key, WrappedKey("b", blob)], NONCE, SEALED)
+    data = pack_v1([key, WrappedKey("b", blob)], NONCE, SEALED)
     parsed = unpack(data)
     for text in (repr(key), str(key), repr(parsed), str(parsed), repr(parsed.wrapped_keys)):
         assert "a1b2c3" in text
@@ -320,7 +381,8 @@ def _check_any_bytes(data: bytes) -> None:
                 wrapped_keys_of(data, size)
         return
     assert isinstance(parsed, Envelope)
-    assert parsed.version == 1
+    assert parsed.version in (1, 2)
+    assert len(parsed.commitment) == (COMMITMENT_SIZE if parsed.version == 2 else 0)
     assert 1 <= len(parsed.wrapped_keys) <= 255
     assert len(parsed.nonce) == NONCE_SIZE
     assert len(parsed.sealed) >= TAG_SIZE
@@ -328,7 +390,10 @@ def _check_any_bytes(data: bytes) -> None:
     assert fast == (parsed.header_size if len(parsed.wrapped_keys) == 1 else 0)
     assert wrapped_keys_of(data, parsed.header_size) == parsed.wrapped_keys
     assert end == parsed.header_size
-    repacked = pack(parsed.wrapped_keys, parsed.nonce, parsed.sealed)
+    if parsed.version == 1:
+        repacked = pack_v1(parsed.wrapped_keys, parsed.nonce, parsed.sealed)
+    else:
+        repacked = pack(parsed.wrapped_keys, parsed.commitment, parsed.nonce, parsed.sealed)
     assert repacked == data
 
 
@@ -342,6 +407,12 @@ def test_fuzz_unpack_arbitrary_bytes(data: bytes) -> None:
 @given(st.binary(max_size=200))
 def test_fuzz_unpack_version_one(rest: bytes) -> None:
     _check_any_bytes(b"\x01" + rest)
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=200))
+def test_fuzz_unpack_version_two(rest: bytes) -> None:
+    _check_any_bytes(b"\x02" + rest)
 
 
 @st.composite
@@ -360,7 +431,11 @@ def near_envelopes(draw: st.DrawFn) -> bytes:
     )
     nonce = draw(st.binary(min_size=NONCE_SIZE, max_size=NONCE_SIZE))
     sealed = draw(st.binary(min_size=TAG_SIZE, max_size=40))
-    data = bytearray(pack(keys, nonce, sealed))
+    if draw(st.booleans()):
+        data = bytearray(pack_v1(keys, nonce, sealed))
+    else:
+        commitment = draw(st.binary(min_size=COMMITMENT_SIZE, max_size=COMMITMENT_SIZE))
+        data = bytearray(pack(keys, commitment, nonce, sealed))
     for _ in range(draw(st.integers(0, 3))):
         at = draw(st.integers(0, len(data) - 1))
         data[at] = draw(st.integers(0, 255))

@@ -215,12 +215,18 @@ def test_tampered_local_wrap_fails(key: Key, new_keyring: Callable[..., KmsKeyri
     blob = bytearray(parsed.wrapped_keys[0].blob)
     blob[-1] ^= 1
     tampered = pack(
-        [WrappedKey(parsed.wrapped_keys[0].key_ref, bytes(blob))], parsed.nonce, parsed.sealed
+        [WrappedKey(parsed.wrapped_keys[0].key_ref, bytes(blob))],
+        parsed.commitment,
+        parsed.nonce,
+        parsed.sealed,
     )
     with pytest.raises(DecryptionError):
         Encryptor(enc.keyring).decrypt(tampered, USERS_SSN)
     garbage = pack(
-        [WrappedKey(parsed.wrapped_keys[0].key_ref, b"\x09garbage")], parsed.nonce, parsed.sealed
+        [WrappedKey(parsed.wrapped_keys[0].key_ref, b"\x09garbage")],
+        parsed.commitment,
+        parsed.nonce,
+        parsed.sealed,
     )
     with pytest.raises(MalformedEnvelopeError):
         enc.decrypt(garbage, USERS_SSN)

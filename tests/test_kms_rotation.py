@@ -1,4 +1,8 @@
-"""rewrap with KMS: ReEncrypt inside KMS, so the data key never reaches the application."""
+"""rewrap with KMS: one Decrypt under the old key and one GenerateDataKey under the new, per value.
+
+Format v2 authenticates the wrapped keys with the value, so a rewrap seals each
+value again under a fresh data key instead of re-wrapping it in KMS (ReEncrypt).
+"""
 
 from __future__ import annotations
 
@@ -78,7 +82,7 @@ def _key_refs(engine: sa.Engine) -> list[str]:
     return [unpack_envelope(bytes(v)).wrapped_keys[0].key_ref for v in stored]
 
 
-def test_kms_to_kms_rewrap_uses_reencrypt(
+def test_kms_to_kms_rewrap_decrypts_under_the_old_key_and_seals_under_the_new(
     make_key: Callable[..., Key],
     new_keyring: Callable[..., KmsKeyring],
     recorder: Recorder,
@@ -91,11 +95,13 @@ def test_kms_to_kms_rewrap_uses_reencrypt(
     changed = rewrap(engine, accounts.c.token, new_keyring(new.arn), batch_size=5)
     assert changed == 12
     ops = recorder.operations()
-    assert ops.count("ReEncrypt") == 12
-    assert "Decrypt" not in ops and "Encrypt" not in ops and "GenerateDataKey" not in ops
-    for params in recorder.params("ReEncrypt"):
-        assert params["SourceEncryptionContext"] == {"table": "accounts", "column": "token"}
-        assert params["DestinationKeyId"] == new.arn
+    assert ops.count("Decrypt") == 12 and ops.count("GenerateDataKey") == 12
+    assert "ReEncrypt" not in ops and "Encrypt" not in ops
+    context = {"table": "accounts", "column": "token"}
+    for params in recorder.params("Decrypt"):
+        assert params["EncryptionContext"] == context and params["KeyId"] == old.arn
+    for params in recorder.params("GenerateDataKey"):
+        assert params["EncryptionContext"] == context and params["KeyId"] == new.arn
     assert set(_key_refs(engine)) == {new.arn}
     assert _tokens(engine, accounts, new_keyring(new.arn)) == sorted(f"tok-{i}" for i in range(12))
     assert rewrap(engine, accounts.c.token, new_keyring(new.arn)) == 0  # idempotent
@@ -113,7 +119,7 @@ def test_local_to_kms_rewrap_unwraps_locally_and_wraps_in_kms(
     target = make_key()
     assert rewrap(engine, accounts.c.token, new_keyring(target.arn)) == 5
     ops = recorder.operations()
-    assert ops.count("Encrypt") == 5 and "Decrypt" not in ops  # unwrapped locally
+    assert ops.count("GenerateDataKey") == 5 and "Decrypt" not in ops  # unwrapped locally
     assert set(_key_refs(engine)) == {target.arn}
     # KMS alone reads them now
     assert _tokens(engine, accounts, new_keyring(target.arn)) == [f"tok-{i}" for i in range(5)]
@@ -128,7 +134,7 @@ def test_a_kms_outage_during_rewrap_stops_cleanly(
     engine, accounts = table
     old, new = make_key(), make_key()
     _fill(engine, accounts, new_keyring(old.arn), 10)
-    recorder.fail("ReEncrypt", "KMSInternalException", 500)
+    recorder.fail("GenerateDataKey", "KMSInternalException", 500)
     with pytest.raises(KeyringError):
         rewrap_column(engine, accounts.c.token, new_keyring(new.arn), batch_size=4, workers=1)
     assert set(_key_refs(engine)) == {old.arn}  # nothing half-written

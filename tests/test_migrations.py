@@ -108,7 +108,7 @@ def test_encrypt_column_in_place_then_decrypt_it_back(engine: sa.Engine, plain_t
     import base64
 
     assert all(
-        unpack_envelope(base64.b64decode(v)).version == 1
+        unpack_envelope(base64.b64decode(v)).version == 2
         for k, v in stored.items()
         if v is not None
     )

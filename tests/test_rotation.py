@@ -67,7 +67,7 @@ def _values(engine: sa.Engine, table: sa.Table) -> dict[int, Any]:
         return dict(conn.execute(sa.select(table.c.id, table.c.ssn)).all())
 
 
-def test_rewrap_moves_every_value_to_the_new_key_without_touching_the_ciphertext(
+def test_rewrap_moves_every_value_to_the_new_key_under_a_fresh_data_key(
     engine: sa.Engine, people: sa.Table, old_keys: LocalKeyring
 ) -> None:
     before = _raw(engine, people)
@@ -80,7 +80,10 @@ def test_rewrap_moves_every_value_to_the_new_key_without_touching_the_ciphertext
             continue
         old, new = unpack_envelope(before[row_id]), unpack_envelope(stored)  # type: ignore[arg-type]
         assert [k.key_ref for k in new.wrapped_keys] == ["new"]
-        assert (new.nonce, new.sealed) == (old.nonce, old.sealed)
+        assert new.version == 2
+        # v2 authenticates the wrapped keys with the value: sealed anew, new data key
+        assert new.commitment != old.commitment
+        assert new.nonce != old.nonce
     only_new = LocalKeyring({"new": new_keys._keys["new"]})
     sqla_envelope.configure(Encryptor(only_new))
     assert _values(engine, people) == {**{i: f"ssn-{i}" for i in range(ROWS)}, ROWS: None}
@@ -267,11 +270,11 @@ def test_keyring_outage_stops_cleanly_and_the_run_resumes(
     class FlakyKeyring(LocalKeyring):
         calls = 0
 
-        def wrap_data_key(self, data_key: bytes, context: Any) -> Any:
+        def generate_data_key(self, context: Any) -> Any:
             FlakyKeyring.calls += 1
             if FlakyKeyring.calls == 25:
                 raise ConnectionError("kms unreachable")
-            return super().wrap_data_key(data_key, context)
+            return super().generate_data_key(context)
 
     new_keys = old_keys.with_new_primary("new")
     flaky = FlakyKeyring(new_keys._keys, primary="new")

@@ -166,10 +166,11 @@ def test_stored_value_is_a_versioned_envelope_not_the_plaintext(
     assert b"123-45-6789" not in first
     assert first != second  # same plaintext, different data key and nonce
     parsed = unpack(first)
-    assert parsed.version == 1
+    assert parsed.version == 2
     assert [k.key_ref for k in parsed.wrapped_keys] == [keyring.primary]
     assert parsed.wrapped_keys[0].blob != unpack(second).wrapped_keys[0].blob
-    assert len(first) == 81 + len(keyring.primary) + len("123-45-6789")
+    assert parsed.commitment != unpack(second).commitment
+    assert len(first) == 113 + len(keyring.primary) + len("123-45-6789")
 
 
 def test_storage_type_is_binary_on_every_database(engine: sa.Engine, metadata: sa.MetaData) -> None:
@@ -199,7 +200,7 @@ def test_base64_storage_keeps_envelopes_as_text(
     assert isinstance(raw, str) and "tok_live" not in raw
     import base64
 
-    assert unpack(base64.b64decode(raw)).version == 1
+    assert unpack(base64.b64decode(raw)).version == 2
     with engine.connect() as conn:
         assert conn.execute(sa.select(table.c.token)).scalar() == "tok_live_abc"
 
@@ -382,7 +383,7 @@ def test_type_outside_a_table_needs_an_explicit_context(encryptor: Encryptor) ->
         unbound.encryption_context()
     labelled = EncryptedType(sa.String, context={"purpose": "export"})
     processor = labelled.bind_processor(sa.create_engine("sqlite://").dialect)
-    assert unpack(processor("x")).version == 1
+    assert unpack(processor("x")).version == 2
 
 
 # -- SQL comparisons ----------------------------------------------------------------------

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ..aead import DATA_KEY_SIZE, LOCAL_WRAPPED_SIZE, LocalKeyWrapper, random_bytes
 from ..context import EncryptionContext
-from ..envelope import WrappedKey, header_end, wrapped_keys_of
+from ..envelope import WrappedKey, copies_end, header_end, wrapped_keys_of
 from ..errors import ConfigurationError, DecryptionError, KeyringError, MalformedEnvelopeError
-from ._kms_blob import DIRECT, direct_blob, is_reuse, parse_blob, reuse_blob
-from ._kms_clients import KmsClients, RetryMode, arn_parts, is_key_arn
+from ._kms_blob import direct_blob, is_reuse, parse_blob, reuse_blob
+from ._kms_clients import KmsClients, RetryMode, is_key_arn
 from ._kms_errors import kms_failure
 from ._kms_logging import redact_plaintext_in_botocore_logs
 from ._kms_pool import DataKeyPool
@@ -237,7 +237,7 @@ class KmsKeyring:
             if is_reuse(blob):
                 need = self._reuse.group(key_ref, blob, context)
                 if len(wrapped_keys) == 1 and len(blob) > LOCAL_WRAPPED_SIZE:
-                    same_as_last = envelope[: end - LOCAL_WRAPPED_SIZE]
+                    same_as_last = envelope[: copies_end(envelope, end) - LOCAL_WRAPPED_SIZE]
             if need is not None and need not in needs:
                 needs.add(need)
                 yield envelope, end
@@ -310,45 +310,6 @@ class KmsKeyring:
             # Bounded reuse: one KMS Decrypt per wrapping key, then a local unwrap.
             return self._reuse.unwrap(key_ref, blob, context)
         return self._decrypt(key_ref, parse_blob(blob).kms_ciphertext, context)
-
-    def reencrypt_data_key(
-        self, wrapped_keys: Sequence[WrappedKey], context: EncryptionContext
-    ) -> tuple[WrappedKey, ...] | None:
-        """Re-wrap under this keyring's keys with KMS ReEncrypt, or None if it cannot.
-
-        Used by ``rewrap``: the data key is decrypted and encrypted again inside
-        KMS and never reaches the application. Needs ``kms:ReEncryptFrom`` on the
-        old key and ``kms:ReEncryptTo`` on the new ones. Applies to direct-mode
-        copies under a key in the same region as every target key; otherwise
-        returns None and rewrap unwraps and wraps instead.
-        """
-        if self.mode != "direct":
-            return None
-        source = next(
-            (w for w in wrapped_keys if is_key_arn(w.key_ref) and w.blob[:1] == bytes((DIRECT,))),
-            None,
-        )
-        if source is None:
-            return None
-        targets = [self._resolve(k) for k in self.key_ids]
-        regions = {(arn_parts(arn) or ("?", ""))[0] for arn in (source.key_ref, *targets)}
-        if len(regions) != 1:
-            return None  # ReEncrypt works within one region
-        ciphertext = parse_blob(source.blob).kms_ciphertext
-        copies = []
-        for target in targets:
-            response = self._request(
-                "ReEncrypt",
-                target,
-                client_for=source.key_ref,
-                CiphertextBlob=ciphertext,
-                SourceKeyId=source.key_ref,
-                DestinationKeyId=target,
-                SourceEncryptionContext=context.as_dict(),
-                DestinationEncryptionContext=context.as_dict(),
-            )
-            copies.append(WrappedKey(response["KeyId"], direct_blob(response["CiphertextBlob"])))
-        return tuple(copies)
 
     def is_primary(self, wrapped_key: WrappedKey) -> bool:
         key_ref = wrapped_key.key_ref
@@ -468,7 +429,6 @@ _METHODS = {
     "GenerateDataKey": "generate_data_key",
     "Decrypt": "decrypt",
     "Encrypt": "encrypt",
-    "ReEncrypt": "re_encrypt",
     "DescribeKey": "describe_key",
 }
 

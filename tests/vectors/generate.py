@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sqla_envelope.context import EncryptionContext
-from sqla_envelope.envelope import FORMAT_VERSION, WrappedKey, pack
+from sqla_envelope.envelope import V1, WrappedKey, pack_v1
 
 OUTPUT = Path(__file__).with_name("envelope_v1.json")
 LOCAL_WRAP_INFO = b"sqla-envelope/local-wrap/v1"
@@ -136,9 +136,9 @@ def build(
         )
         wrapped_keys.append(WrappedKey(key_id, wrapped))
 
-    aad = bytes((FORMAT_VERSION,)) + canonical
+    aad = bytes((V1,)) + canonical
     sealed = AESGCM(data_key).encrypt(payload_nonce, plaintext, aad)
-    envelope = pack(wrapped_keys, payload_nonce, sealed)
+    envelope = pack_v1(wrapped_keys, payload_nonce, sealed)
     return {
         "name": name,
         "description": description,
