@@ -26,6 +26,7 @@ from sqlalchemy.sql import Insert, Update
 
 from .encryptor import Encryptor, get_default_encryptor
 from .errors import ConfigurationError, MalformedEnvelopeError
+from .schema_binding import note_execution
 from .types import EncryptedType
 
 __all__ = ["PREFETCH_OPTION", "install"]
@@ -58,7 +59,8 @@ def _encrypted_columns(table: Table) -> list[tuple[str, EncryptedType]]:
 def _before_execute(
     conn: Any, clauseelement: Any, multiparams: Any, params: Any, execution_options: Any
 ) -> None:
-    """Reserve data keys for each encrypted column of a multi-row write."""
+    """Note the statement's schema translation; reserve data keys for a multi-row write."""
+    note_execution(execution_options)
     if not isinstance(clauseelement, (Insert, Update)) or not isinstance(multiparams, list):
         return
     if len(multiparams) < 2 or not isinstance(clauseelement.table, Table):
@@ -68,7 +70,9 @@ def _before_execute(
         encryptor = _encryptor_of(type_) if count > 1 else None
         if encryptor is not None:
             try:
-                encryptor.reserve(type_.encryption_context(), count)
+                encryptor.reserve(
+                    type_.context_under(execution_options.get("schema_translate_map")), count
+                )
             except ConfigurationError:
                 continue  # the statement's own processing raises the clear error
 
@@ -116,7 +120,7 @@ def _after_cursor_execute(
         with contextlib.suppress(ConfigurationError):
             encryptor.unwrap_all(
                 _envelopes(type_, map(itemgetter(index), source)),
-                type_.encryption_context(),
+                type_.context_under(options.get("schema_translate_map")),
             )
         if source is not rows:
             rows.extend(cursor.fetchall())  # what the scan did not need to fetch

@@ -19,6 +19,7 @@ from .rotation import (
     encrypted_column,
     worker_count,
 )
+from .schema_binding import translation_of
 from .types import EncryptedType
 from .walk import SKIP, ColumnReport, Progress, Shard, walk_column
 
@@ -80,7 +81,7 @@ def encrypt_column(
     """
     table, col, type_ = encrypted_column(column)
     encryptor = column_encryptor(type_)
-    context = type_.encryption_context()
+    context = type_.context_under(translation_of(bind))
     load, store = type_.envelope_loader(), type_.envelope_storer()
     encode, decode = type_.codec.encode, type_.codec.decode
 
@@ -154,7 +155,7 @@ def decrypt_column(
     """
     table, col, type_ = encrypted_column(column)
     encryptor = column_encryptor(type_)
-    context = type_.encryption_context()
+    context = type_.context_under(translation_of(bind))
     load = type_.envelope_loader()
     decode = type_.codec.decode
     as_text = type_.storage == "base64"

@@ -17,6 +17,7 @@ from .encryptor import Encryptor, get_default_encryptor
 from .envelope import FORMAT_VERSION, header_end, wrapped_keys_of
 from .errors import ConfigurationError, DecryptionError, MalformedEnvelopeError
 from .keyrings.base import Keyring, call_keyring
+from .schema_binding import translation_of
 from .types import EncryptedType
 from .walk import SKIP, ColumnReport, Progress, Shard, walk_column
 
@@ -82,7 +83,7 @@ def rewrap_column(
     source = column_encryptor(type_).reading_v1()
     target = _sealer(to)
     keyring = target.keyring
-    context = type_.encryption_context()
+    context = type_.context_under(translation_of(bind))
     load, store = type_.envelope_loader(), type_.envelope_storer()
 
     def transform(row: tuple[Any, ...]) -> Any:
@@ -172,7 +173,7 @@ def reencrypt(
     table, col, type_ = encrypted_column(column)
     source = column_encryptor(type_).reading_v1()
     target = column_encryptor(type_) if to is None else _sealer(to)
-    current = type_.encryption_context()
+    current = type_.context_under(translation_of(bind))
     previous = EncryptionContext(from_context) if from_context is not None else current
     load, store = type_.envelope_loader(), type_.envelope_storer()
 
@@ -237,7 +238,7 @@ def verify(
     """
     table, col, type_ = encrypted_column(column)
     encryptor = column_encryptor(type_)
-    context = type_.encryption_context()
+    context = type_.context_under(translation_of(bind))
     load = type_.envelope_loader()
     decode = type_.codec.decode
 

@@ -25,6 +25,7 @@ from .errors import (
     MalformedEnvelopeError,
     UnsupportedComparisonError,
 )
+from .schema_binding import TRANSLATING, SchemaTranslation, current_translation
 
 __all__ = ["EncryptedType"]
 
@@ -99,6 +100,7 @@ class EncryptedType(TypeDecorator[Any]):
             self.impl = self.impl_instance = Text()  # type: ignore[assignment]
         self._column: Column[Any] | None = None
         self._bound_context: EncryptionContext | None = None  # derived from _column, once
+        self._translated: dict[Any, EncryptionContext] = {}  # by translated schema
 
     # -- where the value lives: its default context ---------------------------------
 
@@ -108,20 +110,22 @@ class EncryptedType(TypeDecorator[Any]):
         if not isinstance(parent, Column):
             return
         if self._column is None or self._column is parent:
-            self._column, self._bound_context = parent, None
+            self._column, self._bound_context, self._translated = parent, None, {}
             return
         # The same instance was handed to a second column (a type_annotation_map
         # entry, a copied mixin column): give that column a copy of its own, or the
         # two columns would share one context and values could move between them.
         own = self.copy()
-        own._column, own._bound_context = parent, None
+        own._column, own._bound_context, own._translated = parent, None, {}
         parent.type = own
 
     def encryption_context(self) -> EncryptionContext:
-        """The context values of this column are bound to.
+        """The context values of this column are bound to, as the table is declared.
 
-        Raises ConfigurationError when the type is not attached to a table column
-        and no ``context=`` was given: encrypting without a binding would fail open.
+        ``{"table": <schema-qualified table name>, "column": <column name>}``, or the
+        ``context=`` label. Raises ConfigurationError when the type is not attached
+        to a table column and no ``context=`` was given: encrypting without a
+        binding would fail open.
         """
         if self.context is not None:
             return self.context
@@ -129,6 +133,32 @@ class EncryptedType(TypeDecorator[Any]):
         if bound is None:
             bound = self._bound_context = self._column_context()
         return bound
+
+    def context_under(self, translation: SchemaTranslation | None) -> EncryptionContext:
+        """The context of this column's values in a statement run with ``schema_translate_map``.
+
+        The table's schema as the map translates it replaces the declared one, so a
+        value copied from one tenant's schema to another's fails to decrypt there.
+        A ``context=`` label is kept as it is: it is the stable name of the values,
+        wherever they live.
+        """
+        if translation is None or self.context is not None:
+            return self.encryption_context()
+        table = getattr(self._column, "table", None)
+        schema = getattr(table, "schema", None)
+        if table is None or schema not in translation:
+            return self.encryption_context()
+        translated = translation[schema]
+        context = self._translated.get(translated)
+        if context is None:
+            name = f"{translated}.{table.name}" if translated else table.name
+            context = EncryptionContext({"table": name, "column": self._column.name})  # type: ignore[union-attr]
+            self._translated[translated] = context
+        return context
+
+    def execution_context(self) -> EncryptionContext:
+        """The context for the statement executing now (``context_under`` its translation)."""
+        return self.context_under(current_translation())
 
     def _column_context(self) -> EncryptionContext:
         column = self._column
@@ -192,6 +222,7 @@ class EncryptedType(TypeDecorator[Any]):
         fixed = self.encryptor
         store = self.envelope_storer()
         context: EncryptionContext | None = None
+        translating = TRANSLATING
 
         def process(value: Any) -> Any:
             nonlocal context
@@ -201,7 +232,9 @@ class EncryptedType(TypeDecorator[Any]):
                 context = self.encryption_context()
             encryptor = fixed if fixed is not None else get_default_encryptor()
             try:
-                envelope = encryptor.seal(encode(value), context)
+                envelope = encryptor.seal(
+                    encode(value), self.execution_context() if translating[0] else context
+                )
             except (KeyringError, ConfigurationError):
                 raise  # about the keys, not the value; the cause stays chained
             except Exception as exc:  # re-raised below, holding nothing of the value
@@ -219,6 +252,7 @@ class EncryptedType(TypeDecorator[Any]):
         load = self.envelope_loader()
         as_text = self.storage == "base64"
         context: EncryptionContext | None = None
+        translating = TRANSLATING
 
         def process(value: Any) -> Any:
             nonlocal context
@@ -231,7 +265,9 @@ class EncryptedType(TypeDecorator[Any]):
                 if as_text or type(value) is not bytes:  # spares the common case a call
                     value = load(value)
                 encryptor = fixed if fixed is not None else get_default_encryptor()
-                return decode(encryptor.open(value, context))
+                return decode(
+                    encryptor.open(value, self.execution_context() if translating[0] else context)
+                )
             except DecryptionError as exc:
                 failure = exc
             return self._unreadable(stored, failure)

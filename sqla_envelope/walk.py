@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .errors import ConfigurationError, DecryptionError, InvalidValueError
+from .schema_binding import schema_under, translation_of
 
 __all__ = ["SKIP", "ColumnReport", "Shard", "count_rows", "raw_type", "walk_column"]
 
@@ -188,12 +189,13 @@ def walk_column(
         raise ConfigurationError("batch_size must be at least 1")
     if list(guard) != list(read[: len(guard)]):
         raise ValueError("guard columns must come first in read")
-    # A plain view of the table: stored values in and out, no EncryptedType.
+    # A plain view of the table: stored values in and out, no EncryptedType. In
+    # the schema the bind translates the table to: a view is not translated.
     view = sa.table(
         table.name,
         *(sa.column(c.name, c.type) for c in table.primary_key.columns),
         *(sa.column(c.name, raw_type(c)) for c in {*read, write} if not c.primary_key),
-        schema=table.schema,
+        schema=schema_under(table.schema, translation_of(bind)),
     )
     pk = [view.c[c.name] for c in _pk_columns(table)]
     read_cols = [view.c[c.name] for c in read]
