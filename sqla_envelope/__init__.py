@@ -1,5 +1,6 @@
 """Row-level envelope encryption for SQLAlchemy: a data key per value, master keys in a keyring."""
 
+from ._version import __version__ as __version__
 from .batching import PREFETCH_OPTION as PREFETCH_OPTION
 from .batching import install as _install_engine_events
 from .context import EncryptionContext as EncryptionContext
@@ -25,7 +26,6 @@ from .types import EncryptedType as EncryptedType
 
 _install_engine_events()
 
-__version__ = "0.1.0"
 
 __all__ = [
     "PREFETCH_OPTION",

@@ -93,15 +93,21 @@ def _copy_raw(engine: sa.Engine, source: str, target: str, row_id: int) -> None:
         conn.execute(into.insert().values(id=row_id, ssn=stored))
 
 
+def _copied_to_tenant_b(engine: sa.Engine, **type_options: Any) -> sa.Table:
+    """patients(1, "123-45-6789") written in tenant A, its bytes copied into tenant B."""
+    metadata = sa.MetaData()
+    patients = _patients(metadata, **type_options)
+    _create(engine, metadata)
+    with _in(engine, TENANTS[0]).begin() as conn:
+        conn.execute(patients.insert().values(id=1, ssn="123-45-6789"))
+    _copy_raw(engine, TENANTS[0], TENANTS[1], 1)
+    return patients
+
+
 def test_value_copied_to_another_tenants_schema_fails_to_decrypt(
     tenant_engine: sa.Engine, encryptor: Encryptor
 ) -> None:
-    metadata = sa.MetaData()
-    patients = _patients(metadata)
-    _create(tenant_engine, metadata)
-    with _in(tenant_engine, TENANTS[0]).begin() as conn:
-        conn.execute(patients.insert().values(id=1, ssn="123-45-6789"))
-    _copy_raw(tenant_engine, TENANTS[0], TENANTS[1], 1)
+    patients = _copied_to_tenant_b(tenant_engine)
     with _in(tenant_engine, TENANTS[0]).connect() as conn:
         assert conn.execute(sa.select(patients.c.ssn)).scalar_one() == "123-45-6789"
     with _in(tenant_engine, TENANTS[1]).connect() as conn, pytest.raises(DecryptionError):
@@ -178,12 +184,7 @@ def test_a_context_label_is_the_same_in_every_schema(
     tenant_engine: sa.Engine, encryptor: Encryptor
 ) -> None:
     # context= names the values wherever they live: the documented trade-off.
-    metadata = sa.MetaData()
-    patients = _patients(metadata, context={"purpose": "patient-ssn"})
-    _create(tenant_engine, metadata)
-    with _in(tenant_engine, TENANTS[0]).begin() as conn:
-        conn.execute(patients.insert().values(id=1, ssn="123-45-6789"))
-    _copy_raw(tenant_engine, TENANTS[0], TENANTS[1], 1)
+    patients = _copied_to_tenant_b(tenant_engine, context={"purpose": "patient-ssn"})
     with _in(tenant_engine, TENANTS[1]).connect() as conn:
         assert conn.execute(sa.select(patients.c.ssn)).scalar_one() == "123-45-6789"
 

@@ -155,7 +155,7 @@ def user_agent() -> str:
     """
     import boto3
 
-    from .. import __version__
+    from .._version import __version__
 
     # boto3's session appends "Botocore/<version>" as its user_agent_extra.
     return (
