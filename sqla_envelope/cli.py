@@ -21,6 +21,7 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError
 
 from . import demo
+from ._version import __version__
 from .cli_job import PROG, describe, fail
 from .cli_ops import add_commands
 from .envelope import TAG_SIZE, Envelope, unpack
@@ -80,15 +81,35 @@ def _cmd_keys_generate(args: argparse.Namespace) -> int:
 def _cmd_keys_add(args: argparse.Namespace) -> int:
     path = Path(args.path)
     old = LocalKeyring.from_file(path)
-    keyring = old.with_new_primary(args.key_id)
+    keyring = old.with_new_key(args.key_id)
+    new = keyring.key_ids[-1]
+    if args.no_primary:
+        _write(keyring, path)
+        print(f"Added key {new} to {path}; the primary is still {keyring.primary}.")
+        print(
+            f"Deploy {path} to every process that reads these columns and restart or reload "
+            f"them,\nthen make the new key primary with\n  {PROG} keys set-primary {path} {new}"
+        )
+        return 0
+    keyring = keyring.with_primary(new)
     _write(keyring, path)
-    print(f"Added key {keyring.primary} to {path}; it is now the primary key.")
+    print(f"Added key {new} to {path}; it is now the primary key.")
     print(
-        f"New values are encrypted under {keyring.primary}. Values written before stay under "
-        f"{', '.join(old.key_ids)}\nand still decrypt; move them to the new key with\n"
+        f"New values are encrypted under {new}. Values written before stay under "
+        f"{', '.join(old.key_ids)}\nand still decrypt. Every process that reads these columns "
+        f"needs this key file\nbefore it meets a value under {new}: deploy it first "
+        f"(or use --no-primary next time).\nThen move the old values to the new key with\n"
         f"  {PROG} rewrap --url URL --table TABLE --column COLUMN "
         f"--key-file {path} --to-key-file {path}\nthen remove the old key."
     )
+    return 0
+
+
+def _cmd_keys_set_primary(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    keyring = LocalKeyring.from_file(path).with_primary(args.key_id)
+    _write(keyring, path)
+    print(f"{args.key_id} is now the primary key of {path}; new values are encrypted under it.")
     return 0
 
 
@@ -184,6 +205,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "      --key-file app.keys.json --to-key-file app.keys.json\n\n"
         f"Run '{PROG} COMMAND --help' for the options of a command.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     demo_parser = commands.add_parser(
@@ -273,7 +295,26 @@ def _add_keys_parser(
     )
     add.add_argument("path", metavar="PATH", help="an existing key file")
     add.add_argument("--key-id", metavar="ID", help="the new key's id (default: random hex digits)")
+    add.add_argument(
+        "--no-primary",
+        action="store_true",
+        help="add the key without making it the primary: deploy the file everywhere "
+        "first, then run 'keys set-primary'",
+    )
     add.set_defaults(handler=_cmd_keys_add)
+
+    set_primary = keys.add_parser(
+        "set-primary",
+        formatter_class=formatter,
+        help="make a key of the file the primary (new values are encrypted under it)",
+        description="Make KEY_ID, a key the file already holds, the primary key: new values "
+        "are\nencrypted under it. The second step of a key rollout (after 'keys add "
+        "--no-primary'\nand deploying the file everywhere), or the way back from one.",
+        epilog=f"example:\n  {PROG} keys set-primary app.keys.json 2026",
+    )
+    set_primary.add_argument("path", metavar="PATH", help="an existing key file")
+    set_primary.add_argument("key_id", metavar="KEY_ID", help="the key to make primary")
+    set_primary.set_defaults(handler=_cmd_keys_set_primary)
 
     list_parser = keys.add_parser(
         "list",

@@ -207,6 +207,44 @@ class TestKeys:
         assert_one_error_line(capsys.readouterr().err)
         assert LocalKeyring.from_file(in_tmp / "k.json").key_ids == ("old",)
 
+    def test_add_no_primary_then_set_primary_rolls_out_without_outage(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["keys", "generate", "k.json", "--key-id", "old"]) == 0
+        assert main(["keys", "add", "k.json", "--key-id", "new", "--no-primary"]) == 0
+        out = capsys.readouterr().out
+        deployed = LocalKeyring.from_file(in_tmp / "k.json")
+        assert deployed.key_ids == ("old", "new") and deployed.primary == "old"
+        assert "keys set-primary k.json new" in out
+        # A process still running with the deployed file reads what the new key wraps.
+        assert main(["keys", "set-primary", "k.json", "new"]) == 0
+        writer = Encryptor(LocalKeyring.from_file(in_tmp / "k.json"))
+        assert writer.keyring.primary == "new"  # type: ignore[attr-defined]
+        envelope = writer.encrypt(b"secret", CONTEXT)
+        assert Encryptor(deployed).decrypt(envelope, CONTEXT) == b"secret"
+        assert stat.S_IMODE((in_tmp / "k.json").stat().st_mode) == 0o600
+        for secret in key_file_secrets(in_tmp / "k.json"):
+            assert secret not in capsys.readouterr().out
+
+    def test_add_warns_that_every_process_needs_the_file_first(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["keys", "generate", "k.json", "--key-id", "old"]) == 0
+        assert main(["keys", "add", "k.json", "--key-id", "new"]) == 0
+        out = capsys.readouterr().out
+        assert "Every process that reads these columns needs this key file" in out
+        assert "--no-primary" in out
+
+    def test_set_primary_of_an_unknown_key_changes_nothing(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["keys", "generate", "k.json", "--key-id", "old"]) == 0
+        before = (in_tmp / "k.json").read_bytes()
+        capsys.readouterr()
+        assert main(["keys", "set-primary", "k.json", "nope"]) == 1
+        assert_one_error_line(capsys.readouterr().err)
+        assert (in_tmp / "k.json").read_bytes() == before
+
     def test_list_marks_the_primary(self, in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["keys", "generate", "k.json", "--key-id", "old"]) == 0
         assert main(["keys", "add", "k.json", "--key-id", "new"]) == 0
@@ -373,3 +411,8 @@ def test_keys_remove_retires_a_key_but_never_the_primary(
     assert main(["keys", "remove", str(path), "old"]) == 0
     assert LocalKeyring.from_file(path).key_ids == ("new",)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_version_names_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"sqla-envelope {sqla_envelope.__version__}"

@@ -79,10 +79,20 @@ class LocalKeyring:
 
     def with_new_primary(self, key_id: str | None = None) -> LocalKeyring:
         """A copy of this keyring with a fresh primary key; the old keys still unwrap."""
+        added = self.with_new_key(key_id)
+        return added.with_primary(added.key_ids[-1])
+
+    def with_new_key(self, key_id: str | None = None) -> LocalKeyring:
+        """A copy with a fresh key that unwraps but is not yet the primary.
+
+        The first step of a rollout without outages: deploy the key file with the
+        new key to every process first, so all of them can read what it will
+        wrap, and only then make it the primary (``with_primary``).
+        """
         fresh = LocalKeyring.generate(key_id)
         if fresh.primary in self._keys:
             raise ConfigurationError(f"key id {fresh.primary!r} is already in the keyring")
-        return LocalKeyring({**self._keys, **fresh._keys}, primary=fresh.primary)
+        return LocalKeyring({**self._keys, **fresh._keys}, primary=self.primary)
 
     def with_primary(self, key_id: str) -> LocalKeyring:
         """A copy whose primary is ``key_id``, a key this keyring already holds.
