@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
 import re
 import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from ..aead import DATA_KEY_SIZE, MASTER_KEY_SIZE, LocalKeyWrapper, random_bytes
 from ..context import EncryptionContext
@@ -22,6 +25,7 @@ __all__ = ["KEY_FILE_FORMAT", "LocalKeyring"]
 
 KEY_FILE_FORMAT = "sqla-envelope-keyring"
 _KEY_FILE_VERSION = 1
+log = logging.getLogger("sqla_envelope")
 # Printable ASCII without spaces or quotes, so a key id can sit in a SQL literal
 # and in the envelope's ASCII key reference.
 _KEY_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,255}")
@@ -35,12 +39,49 @@ def _check_key_id(key_id: object) -> str:
     return key_id
 
 
+class _KeySet(NamedTuple):
+    """A keyring's keys, swapped as one object when its key file is reloaded."""
+
+    keys: dict[str, bytes]
+    wrappers: dict[str, LocalKeyWrapper]
+    primary: str
+    primary_wrapper: LocalKeyWrapper
+
+
+class _Signature(NamedTuple):
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+def _signature(path: Path) -> _Signature | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return _Signature(found.st_ino, found.st_size, found.st_mtime_ns)
+
+
+class _KeyFileWatch:
+    """Where a keyring's keys came from, and when to look at the file again."""
+
+    __slots__ = ("clock", "interval", "next_check", "path", "signature")
+
+    def __init__(self, path: Path, interval: float, clock: Callable[[], float]) -> None:
+        self.path = path
+        self.interval = interval
+        self.clock = clock
+        self.signature = _signature(path)
+        self.next_check = clock() + interval
+
+
 class LocalKeyring:
     """Master keys in this process; new data keys are wrapped under ``primary``.
 
     Every key in ``keys`` can unwrap, so rotating is: add a new key, make it the
     primary, ``rewrap`` the table, then drop the old key. Raises
     ``ConfigurationError`` for a key that is not 32 bytes or an unknown primary.
+    A keyring read with ``from_file`` follows its file (see there).
     """
 
     mode = "local"  # the cost mode audit events report: no key service involved
@@ -62,10 +103,18 @@ class LocalKeyring:
             primary = next(iter(checked))
         if primary not in checked:
             raise ConfigurationError(f"primary key {primary!r} is not in the keyring")
-        self._keys = checked
-        self._wrappers = {key_id: LocalKeyWrapper(key) for key_id, key in checked.items()}
-        self.primary = primary
-        self._primary_wrapper = self._wrappers[primary]
+        wrappers = {key_id: LocalKeyWrapper(key) for key_id, key in checked.items()}
+        self._set = _KeySet(checked, wrappers, primary, wrappers[primary])
+        self._watch: _KeyFileWatch | None = None
+
+    @property
+    def primary(self) -> str:
+        """The id of the key new data keys are wrapped under."""
+        return self._set.primary
+
+    @property
+    def _keys(self) -> dict[str, bytes]:
+        return self._set.keys
 
     @classmethod
     def generate(cls, key_id: str | None = None) -> LocalKeyring:
@@ -128,24 +177,33 @@ class LocalKeyring:
     # -- the Keyring protocol --------------------------------------------------
 
     def generate_data_key(self, context: EncryptionContext) -> DataKey:
+        if self._watch is not None and self._watch.clock() >= self._watch.next_check:
+            self._follow_file()
+        keys = self._set  # one read: a reload swaps the whole set
         data_key = random_bytes(DATA_KEY_SIZE)
-        blob = self._primary_wrapper.wrap(data_key, context.canonical)
-        return DataKey(data_key, (WrappedKey(self.primary, blob),))
+        blob = keys.primary_wrapper.wrap(data_key, context.canonical)
+        return DataKey(data_key, (WrappedKey(keys.primary, blob),))
 
     def wrap_data_key(self, data_key: bytes, context: EncryptionContext) -> tuple[WrappedKey, ...]:
-        return (WrappedKey(self.primary, self._primary_wrapper.wrap(data_key, context.canonical)),)
+        keys = self._set
+        return (WrappedKey(keys.primary, keys.primary_wrapper.wrap(data_key, context.canonical)),)
 
     def unwrap_data_key(
         self, wrapped_keys: Sequence[WrappedKey], context: EncryptionContext
     ) -> bytes:
+        wrappers = self._set.wrappers
         for key_ref, blob in wrapped_keys:
-            wrapper = self._wrappers.get(key_ref)
+            wrapper = wrappers.get(key_ref)
             if wrapper is not None:
                 return wrapper.unwrap(blob, context.canonical)
+        # A value under a key this process has not loaded yet: another process
+        # may have added it to the key file. Look once, then decide.
+        if self._watch is not None and self._follow_file():
+            return self.unwrap_data_key(wrapped_keys, context)
         refs = [key.key_ref for key in wrapped_keys]
         raise DecryptionError(
             f"no key in this keyring can unwrap the data key: the value is under {refs!r}, "
-            f"the keyring holds {list(self._keys)!r}"
+            f"the keyring holds {list(wrappers)!r}"
         )
 
     def is_primary(self, wrapped_key: WrappedKey) -> bool:
@@ -184,13 +242,62 @@ class LocalKeyring:
             raise
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> LocalKeyring:
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        follow: bool = True,
+        check_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> LocalKeyring:
         """Load a key file written by ``to_file`` (format in docs/keyrings.md).
 
         Raises ``ConfigurationError`` if the file can be read by group or others
         (on POSIX), or is not a valid key file; the message never quotes key bytes.
+
+        With ``follow`` (the default) the keyring follows the file, so a key
+        rollout needs no restart: a value under a key id it does not hold makes
+        it look at the file again at once (one ``stat``, and a read if the file
+        changed), and writes look at most every ``check_interval`` seconds, so a
+        new primary (``keys set-primary``) is taken up within that time. A file
+        that became invalid or readable by others is not loaded: the keys held
+        stay in use and the problem is logged. ``reload()`` does the same on
+        demand (from a signal handler, say) and raises instead.
         """
-        target = Path(path)
+        keyring = cls._read_file(Path(path))
+        if follow:
+            keyring._watch = _KeyFileWatch(Path(path), check_interval, clock)
+        return keyring
+
+    def reload(self) -> bool:
+        """Read the key file again now if it changed; True if the keys changed.
+
+        Raises ConfigurationError for a keyring not read from a file, or a file
+        that is no longer a valid key file (the keys held stay in use).
+        """
+        watch = self._watch
+        if watch is None:
+            raise ConfigurationError("this LocalKeyring was not read from a key file")
+        signature = _signature(watch.path)
+        watch.next_check = watch.clock() + watch.interval
+        if signature == watch.signature:
+            return False
+        fresh = self._read_file(watch.path)
+        watch.signature = signature
+        changed = fresh._set.keys != self._set.keys or fresh.primary != self.primary
+        self._set = fresh._set
+        return changed
+
+    def _follow_file(self) -> bool:
+        """``reload()`` for the hot paths: a failure is logged, never raised."""
+        try:
+            return self.reload()
+        except ConfigurationError as exc:
+            log.error("sqla_envelope: key file not reloaded, keeping the keys held: %s", exc)
+            return False
+
+    @classmethod
+    def _read_file(cls, target: Path) -> LocalKeyring:
         try:
             mode = target.stat().st_mode
         except OSError as exc:
