@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,7 +25,23 @@ from .keyrings.base import Keyring
 from .migrations import IN_PLACE_TYPES, decrypt_column, encrypt_column
 from .rotation import reencrypt, rewrap_column, verify
 
-__all__ = ["add_commands", "run_options"]
+__all__ = [
+    "ENV_ENDPOINT_URL",
+    "ENV_KEY_FILE",
+    "ENV_KMS_KEY_ID",
+    "ENV_REGION",
+    "ENV_URL",
+    "add_commands",
+    "run_options",
+]
+
+# The environment variables the column commands read their options from: the
+# names of the Flask configuration keys, so one set of variables serves both.
+ENV_URL = "SQLA_ENVELOPE_URL"
+ENV_KEY_FILE = "SQLA_ENVELOPE_KEY_FILE"
+ENV_KMS_KEY_ID = "SQLA_ENVELOPE_KMS_KEY_ID"
+ENV_REGION = "SQLA_ENVELOPE_KMS_REGION"
+ENV_ENDPOINT_URL = "SQLA_ENVELOPE_KMS_ENDPOINT_URL"
 
 
 def _readers(job: Job, command: str) -> Keyring:
@@ -271,9 +289,22 @@ def add_commands(
     run_options(check.add_argument_group("the run"), writes=False)
 
 
+def _add(group: argparse._ArgumentGroup, flag: str, *, env: str, **options: Any) -> None:
+    """An option that defaults to the environment variable ``env`` when it is set.
+
+    So a database password or a key's location need not be on the command line,
+    where ``ps`` and the shell history show it. A required option is required
+    only when the variable is not set.
+    """
+    value = os.environ.get(env) or None
+    required = options.pop("required", False) and value is None
+    options["help"] = f"{options['help']} (or set {env})"
+    group.add_argument(flag, default=value, required=required, **options)
+
+
 def _table_options(parser: argparse.ArgumentParser, keys: str) -> argparse._ArgumentGroup:
     where = parser.add_argument_group("database and column")
-    where.add_argument("--url", required=True, help=f"SQLAlchemy database URL, e.g. {_URL}")
+    _add(where, "--url", env=ENV_URL, required=True, help=f"SQLAlchemy database URL, e.g. {_URL}")
     where.add_argument("--table", required=True, metavar="NAME", help="the table")
     where.add_argument("--column", required=True, metavar="NAME", help="the encrypted column")
     where.add_argument(
@@ -295,10 +326,22 @@ def _table_options(parser: argparse.ArgumentParser, keys: str) -> argparse._Argu
         help="the column's storage=: binary envelopes, or base64 text (default: %(default)s)",
     )
     group = parser.add_argument_group("keys", f"Keys: {keys}.")
-    group.add_argument("--key-file", metavar="PATH", help="a LocalKeyring key file")
-    group.add_argument("--kms-key-id", metavar="ID", help="an AWS KMS key id, ARN or alias")
-    group.add_argument("--region", help="the AWS region of KMS keys given without an ARN")
-    group.add_argument("--endpoint-url", metavar="URL", help="a KMS endpoint (VPC, tests)")
+    _add(group, "--key-file", env=ENV_KEY_FILE, metavar="PATH", help="a LocalKeyring key file")
+    _add(
+        group,
+        "--kms-key-id",
+        env=ENV_KMS_KEY_ID,
+        metavar="ID",
+        help="an AWS KMS key id, ARN or alias",
+    )
+    _add(group, "--region", env=ENV_REGION, help="the AWS region of KMS keys given without an ARN")
+    _add(
+        group,
+        "--endpoint-url",
+        env=ENV_ENDPOINT_URL,
+        metavar="URL",
+        help="a KMS endpoint (VPC, tests)",
+    )
     return where
 
 

@@ -931,3 +931,37 @@ def test_encrypt_column_killed_midway_finishes_on_the_next_run(
     encrypted = EncryptedType(sa.String, Encryptor(keys.old), storage="base64")
     assert read(engine, table, "ssn", encrypted) == values
     engine.dispose()
+
+
+# -- options from the environment ----------------------------------------------------------
+
+
+def test_url_and_key_file_come_from_the_environment(
+    url: str,
+    patients: sa.Table,
+    keys: Keys,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A database password on the command line shows in ps and the shell history.
+    monkeypatch.setenv("SQLA_ENVELOPE_URL", url)
+    monkeypatch.setenv("SQLA_ENVELOPE_KEY_FILE", keys.old_file)
+    code, err = run(capsys, "verify", "--table", patients.name, "--column", "ssn")
+    assert code == 0, err
+    assert summary(err) == {"examined": ROWS + 1, "fine": ROWS + 1, "failed": 0}
+    # A flag still wins over the variable.
+    monkeypatch.setenv("SQLA_ENVELOPE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    code, err = run(capsys, "verify", *common(url, patients), "--key-file", keys.old_file)
+    assert code == 0, err
+
+
+def test_without_url_or_variable_the_usage_error_names_both(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SQLA_ENVELOPE_URL", raising=False)
+    code = main(["verify", "--table", "t", "--column", "c", "--key-file", "k.json"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--url" in err
+    main(["verify", "--help"])
+    assert "SQLA_ENVELOPE_URL" in capsys.readouterr().out
