@@ -345,11 +345,31 @@ def _engine(url_text: str) -> Engine:
 
 
 def _check_storage(engine: Engine, column: sa.Column[Any], storage: str) -> None:
+    """UsageError for a column that cannot hold envelopes stored as ``storage``.
+
+    Checked before any row is read: a DATE or INTEGER column named by mistake
+    would otherwise fail on every row.
+    """
+    type_ = column.type
+    kind = type_.compile(dialect=engine.dialect)
+    text = isinstance(type_, sa.String)
+    binary = isinstance(type_, sa.types._Binary)
+    untyped = isinstance(type_, sa.types.NullType)  # SQLite: a column declared without a type
+    if not (text or binary or untyped):
+        raise UsageError(
+            f"column {column.name!r} is {kind}, which cannot hold envelopes: an encrypted "
+            "column is binary (bytea, BLOB) or, with --storage base64, text. To encrypt "
+            f"a {kind} column, add a binary column and run encrypt-column --column NEW "
+            f"--from-column {column.name}"
+        )
+    if storage == "base64" and binary:
+        raise UsageError(
+            f"column {column.name!r} is {kind}: --storage base64 keeps envelopes as text; "
+            "leave --storage out for a binary column"
+        )
     # SQLite keeps bytes in any column; elsewhere binary envelopes in text fail or corrupt.
-    text = isinstance(column.type, sa.String)
     if storage == "binary" and text and engine.dialect.name != "sqlite":
-        kind = column.type.compile(dialect=engine.dialect)
-        raise ConfigurationError(
+        raise UsageError(
             f"column {column.name!r} is {kind}: binary envelopes need a binary column "
             "(bytea, BLOB); for base64 text pass --storage base64"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import json
 import re
@@ -382,10 +383,49 @@ def test_encrypt_column_in_place_into_a_text_column_needs_base64(
         pytest.skip("SQLite stores bytes in a TEXT column")
     table = make_table(sa.Column("ssn", sa.Text), rows=[{"id": 1, "ssn": "x"}])
     code, err = run(capsys, "encrypt-column", *common(url, table), "--key-file", keys.old_file)
-    assert code == 1
+    assert code == 2
     assert_one_error_line(err)
     assert "--storage base64" in err
     assert raw(engine, table) == {1: "x"}
+
+
+COMMANDS = {
+    "verify": [],
+    "rewrap": ["--to-key-file"],
+    "reencrypt": [],
+    "encrypt-column": [],
+    "decrypt-column": [],
+}
+WRONG_COLUMNS = {
+    "date": (sa.Date, dt.date(1985, 4, 12), [], "cannot hold envelopes"),
+    "integer": (sa.Integer, 7, [], "cannot hold envelopes"),
+    "base64-on-binary": (sa.LargeBinary, b"x", ["--storage", "base64"], "--storage base64"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_COLUMNS))
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_column_that_cannot_hold_envelopes_is_a_usage_error_before_any_row(
+    engine: sa.Engine,
+    url: str,
+    make_table: Callable[..., sa.Table],
+    keys: Keys,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    case: str,
+) -> None:
+    # Issue 13: a DATE column printed "TypeError: cannot convert 'datetime.date'
+    # object to bytes" with a traceback, from every column command.
+    type_, value, options, message = WRONG_COLUMNS[case]
+    table = make_table(sa.Column("ssn", type_), rows=[{"id": 1, "ssn": value}])
+    extra = [keys.new_file] if COMMANDS[command] else []
+    argv = [*common(url, table), "--key-file", keys.old_file, *COMMANDS[command], *extra]
+    code, err = run(capsys, command, *argv, *options)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert_one_error_line(err)
+    assert message in err
+    assert raw(engine, table)[1] in (value, str(value))  # SQLite keeps a date as text
 
 
 @pytest.mark.parametrize(
