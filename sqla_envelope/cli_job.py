@@ -13,11 +13,12 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import logging
 import re
 import shlex
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,62 @@ _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 class UsageError(Exception):
     """A command line that cannot work: one line on stderr, exit code 2."""
+
+
+# A run whose first rows all fail for one reason stops there: the options are
+# wrong (a key file, a column, a storage), and one line per row would only bury it.
+GIVE_UP_AFTER = 100
+
+
+class _AllRowsFailError(Exception):
+    """The first GIVE_UP_AFTER rows failed, all for one reason."""
+
+    def __init__(self, report: ColumnReport) -> None:
+        super().__init__(report.failures[0][1])
+        self.report = report
+
+
+def _likely_cause(reason: str) -> str:
+    """What a user most likely got wrong, from the reason every row failed for."""
+    if "no key in this keyring" in reason:
+        return (
+            "the keys given (--key-file, --kms-key-id) do not hold the key these values "
+            "are under: check the key file or KMS key"
+        )
+    if "stored text is not base64" in reason or "stored value is text" in reason:
+        return "the column's storage is not what --storage says"
+    if "not a sqla-envelope value" in reason:
+        return (
+            "the column does not hold envelopes: check --table and --column (or the "
+            "column is not encrypted yet: encrypt-column)"
+        )
+    if "context" in reason or "authentication" in reason:
+        return (
+            "the values were written under another encryption context: check --context, "
+            "--schema and --table (a renamed table needs reencrypt --from-context)"
+        )
+    return "check the command's options"
+
+
+@contextlib.contextmanager
+def _rows_unlogged() -> Iterator[None]:
+    """Keep the walker's line per failing row off the terminal: the summary lists them."""
+    walker = logging.getLogger("sqla_envelope.walk")
+    drop = logging.Filter("no record has this name")
+    walker.addFilter(drop)
+    try:
+        yield
+    finally:
+        walker.removeFilter(drop)
+
+
+def _give_up_if_all_fail(report: ColumnReport) -> None:
+    if (
+        report.failed >= GIVE_UP_AFTER
+        and report.failed == report.examined
+        and len({reason for _, reason in report.failures}) == 1
+    ):
+        raise _AllRowsFailError(report)
 
 
 def fail(message: str, code: int) -> int:
@@ -217,7 +274,12 @@ class Job:
     def options(self, display: RunDisplay, *, writes: bool = True) -> dict[str, Any]:
         """The keyword arguments of the rotation or migration function."""
         args = self.args
-        options = {"batch_size": args.batch_size, "shard": self.shard, "progress": display}
+
+        def progress(report: ColumnReport) -> None:
+            display(report)
+            _give_up_if_all_fail(report)
+
+        options = {"batch_size": args.batch_size, "shard": self.shard, "progress": progress}
         if writes:
             options.update(dry_run=args.dry_run, strict=args.strict, start_after=self.start_after)
         return options
@@ -233,10 +295,21 @@ class Job:
             interval=self.args.progress_interval,
         )
         try:
-            report = operation(display)
+            with _rows_unlogged():
+                report = operation(display)
         except KeyboardInterrupt:
             display.stop()
             return self._stopped(display, "interrupted", 130)
+        except _AllRowsFailError as stop:
+            display.stop()
+            report = stop.report
+            fail(
+                f"the first {report.failed} rows all failed, so the run stopped: {stop}",
+                2,
+            )
+            print(f"likely cause: {_likely_cause(str(stop))}", file=sys.stderr)
+            print("nothing was changed; fix the options and run the command again", file=sys.stderr)
+            return 2
         except (EnvelopeError, SQLAlchemyError, OSError) as exc:
             display.stop()
             message = describe(exc, values_in_flight=True)
