@@ -6,11 +6,15 @@ Holds ready-to-use ciphers for unwrapped data keys, never plaintext values.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
+
+from .errors import KeyringError
 
 __all__ = ["KeyCache", "peek"]
 
@@ -47,22 +51,37 @@ class KeyCache(Generic[V]):
     Concurrent misses on one key are collapsed into a single load (single-flight):
     the first caller registers a flight with ``setdefault`` and loads; the others
     wait on it. A page of rows sharing a data key costs one keyring call, not one
-    per thread. ``clock`` is injectable so tests can move time without sleeping.
+    per thread. A waiting caller gives up after ``wait_timeout`` seconds with a
+    KeyringError (None: it waits as long as the load takes); the load itself
+    goes on, and its result is cached for later callers. ``clock`` is injectable
+    so tests can move time without sleeping.
+
+    After ``os.fork()`` the child forgets the loads in flight in the parent: the
+    threads running them do not exist there, and waiting on one would never end.
     """
 
     def __init__(
-        self, maxsize: int, ttl: float, *, clock: Callable[[], float] = time.monotonic
+        self,
+        maxsize: int,
+        ttl: float,
+        *,
+        wait_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if maxsize < 0 or ttl < 0:
             raise ValueError("cache size and ttl must not be negative")
+        if wait_timeout is not None and not 0 < wait_timeout <= threading.TIMEOUT_MAX:
+            raise ValueError("wait_timeout must be positive")
         self.maxsize = maxsize
         self.ttl = float(ttl)
+        self.wait_timeout = wait_timeout
         self._clock = clock
         self._entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
         self._flights: dict[Hashable, _Flight] = {}
         self._generation = 0
         self._hits = itertools.count()
         self._misses = itertools.count()
+        _CACHES.add(self)
 
     @property
     def enabled(self) -> bool:
@@ -121,7 +140,12 @@ class KeyCache(Generic[V]):
         flight = _Flight()
         leader = self._flights.setdefault(key, flight)
         if leader is not flight:
-            leader.lock.acquire()
+            timeout = self.wait_timeout
+            if not leader.lock.acquire(timeout=-1 if timeout is None else timeout):
+                raise KeyringError(
+                    f"gave up after {timeout:g} s waiting for another thread's "
+                    f"unwrap of the same data key (it goes on, and is cached when done)"
+                )
             leader.lock.release()
             if leader.error is not None:
                 raise leader.error
@@ -160,3 +184,20 @@ class KeyCache(Generic[V]):
         """Forget every entry now; loads already in flight are not cached either."""
         self._generation += 1
         self._entries.clear()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's loads hold their flights' locks from threads the child
+        # does not have. Keys already loaded are valid in both processes.
+        self._flights = {}
+
+
+_CACHES: weakref.WeakSet[KeyCache[Any]] = weakref.WeakSet()
+
+
+def _forget_flights_in_child() -> None:
+    for cache in list(_CACHES):
+        cache._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_flights_in_child)

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from time import perf_counter
@@ -69,6 +70,19 @@ class Encryptor:
     still reads v1 values written before commitment existed;
     ``"require_encrypt_require_decrypt"`` refuses them with DecryptionError, for
     once ``rewrap`` has moved every value to v2 (docs/format.md).
+
+    Threads that miss on the same data key at once make one keyring call: one of
+    them unwraps, the others wait for it, each for at most ``unwrap_timeout``
+    seconds, then raise KeyringError (the unwrap itself is not interrupted, and
+    its key is cached when it ends). The bound is there for a keyring that
+    hangs; a slow one should not meet it. With its default retries and
+    timeouts, a KmsKeyring request gives up after about 24 seconds (3 attempts
+    of 2 + 5 seconds, plus backoff), so the default of 60 seconds covers a
+    failover to a second region's copy; raise it with those settings.
+
+    Fork-safe: a child process (gunicorn or uWSGI with the app preloaded,
+    multiprocessing) starts with the parent's cached keys but none of its unwraps
+    in flight, locks or worker threads.
     """
 
     def __init__(
@@ -80,6 +94,7 @@ class Encryptor:
         max_workers: int = 16,
         prefetch: bool | None = None,
         listeners: Iterable[Listener] = (),
+        unwrap_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         commitment_policy: CommitmentPolicy = "require_encrypt_allow_decrypt",
     ) -> None:
@@ -95,8 +110,13 @@ class Encryptor:
             raise ConfigurationError(f"commitment_policy must be one of {COMMITMENT_POLICIES}")
         self.commitment_policy = commitment_policy
         self._reads_v1 = commitment_policy == "require_encrypt_allow_decrypt"
+        if not 0 < unwrap_timeout <= threading.TIMEOUT_MAX:
+            raise ConfigurationError("unwrap_timeout must be a positive number of seconds")
         self.keyring = keyring
-        self._cache: KeyCache[Any] = KeyCache(cache_size, cache_ttl, clock=clock)
+        self.unwrap_timeout = unwrap_timeout
+        self._cache: KeyCache[Any] = KeyCache(
+            cache_size, cache_ttl, wait_timeout=unwrap_timeout, clock=clock
+        )
         # Keyring calls, counted with itertools.count: next() is atomic under the
         # GIL and costs a tenth of a lock on the per-value path.
         self._wraps = itertools.count()
@@ -108,8 +128,8 @@ class Encryptor:
         self.prefetch = bool(remote) if prefetch is None else prefetch
         self._listeners: tuple[Listener, ...] = tuple(listeners)
         self._executor: ThreadPoolExecutor | None = None
-        self._executor_pid = 0
         self._executor_lock = threading.Lock()
+        _ENCRYPTORS.add(self)
 
     def __repr__(self) -> str:
         return (
@@ -156,6 +176,7 @@ class Encryptor:
             max_workers=self.max_workers,
             prefetch=self.prefetch,
             listeners=self._listeners,
+            unwrap_timeout=self.unwrap_timeout,
         )
 
     def stats(self) -> dict[str, int]:
@@ -263,13 +284,11 @@ class Encryptor:
         return 1
 
     def _pool(self) -> ThreadPoolExecutor:
-        # A forked child has no worker threads: build its own executor.
         with self._executor_lock:
-            if self._executor is None or self._executor_pid != os.getpid():
+            if self._executor is None:
                 self._executor = ThreadPoolExecutor(
                     self.max_workers, thread_name_prefix="sqla-envelope-unwrap"
                 )
-                self._executor_pid = os.getpid()
             return self._executor
 
     def close(self) -> None:
@@ -279,6 +298,13 @@ class Encryptor:
         if executor is not None:
             executor.shutdown(wait=True)
         self.clear_cache()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's workers do not exist here, and its executor's locks and
+        # queue may have been copied mid-use: start again with none. A new lock,
+        # because the fork may have copied this one held by another thread.
+        self._executor_lock = threading.Lock()
+        self._executor = None
 
     # -- the hot path, with a pre-built context -------------------------------------
 
@@ -402,6 +428,17 @@ def _framed(envelopes: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
         except MalformedEnvelopeError:
             continue
 
+
+_ENCRYPTORS: weakref.WeakSet[Encryptor] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    for encryptor in list(_ENCRYPTORS):
+        encryptor._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
 
 _default: Encryptor | None = None
 

@@ -42,6 +42,7 @@ class CountingKeyring(LocalKeyring):
         self.unwrap_calls = 0
         self.delay = delay
         self.fail_with: Exception | None = None
+        self.gate: threading.Event | None = None  # when set, each unwrap waits for it
         self._lock = threading.Lock()
 
     def unwrap_data_key(
@@ -51,6 +52,8 @@ class CountingKeyring(LocalKeyring):
             self.unwrap_calls += 1
         if self.delay:
             time.sleep(self.delay)
+        if self.gate is not None:
+            self.gate.wait(30)
         if self.fail_with is not None:
             raise self.fail_with
         return super().unwrap_data_key(wrapped_keys, context)
@@ -213,6 +216,31 @@ def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
     assert enc.decrypt(envelope, CTX) == b"v"
 
 
+def test_a_wait_for_another_threads_unwrap_ends_after_unwrap_timeout() -> None:
+    # A keyring that hangs must not hang every thread reading the same key.
+    keyring = _keyring()
+    keyring.gate = threading.Event()
+    enc = Encryptor(keyring, unwrap_timeout=0.2)
+    envelope = enc.encrypt(b"v", CTX)
+    results: list[bytes] = []
+    leader = threading.Thread(target=lambda: results.append(enc.decrypt(envelope, CTX)))
+    leader.start()
+    deadline = time.monotonic() + 10
+    while keyring.unwrap_calls == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    try:
+        with pytest.raises(KeyringError, match="another thread's unwrap"):
+            enc.decrypt(envelope, CTX)
+        assert leader.is_alive()  # the leader itself is not interrupted
+    finally:
+        keyring.gate.set()
+        leader.join()
+    assert results == [b"v"]
+    # The leader's key was cached when it came: no second keyring call.
+    assert enc.decrypt(envelope, CTX) == b"v"
+    assert keyring.unwrap_calls == 1
+
+
 def test_only_data_key_ciphers_are_cached_never_plaintext() -> None:
     cache: KeyCache[Any] = KeyCache(10, 60)
     enc = Encryptor(LocalKeyring.generate())
@@ -283,7 +311,7 @@ def test_bytes_only_and_settings_that_cannot_work_are_refused() -> None:
         enc.encrypt("text", CTX)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         enc.decrypt("text", CTX)  # type: ignore[arg-type]
-    for settings in ({"max_workers": 0}, {"cache_size": -1}):
+    for settings in ({"max_workers": 0}, {"cache_size": -1}, {"unwrap_timeout": 0}):
         with pytest.raises(ConfigurationError):
             Encryptor(LocalKeyring.generate(), **settings)  # type: ignore[arg-type]
 

@@ -83,10 +83,12 @@ class ReuseKeys:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the wrapping keys used for writing (after os.fork()).
+        """Forget the wrapping keys used for writing (after os.fork()), and their lock.
 
         A wrapping key shared by parent and child would serve up to twice max_rows
-        values; keys unwrapped for reading stay valid in both.
+        values; a new lock, because the fork may copy it held by a thread that is
+        waiting on KMS in the parent. Keys unwrapped for reading stay valid in
+        both (their KeyCache drops the parent's Decrypts in flight by itself).
         """
         self._lanes: dict[bytes, _Lane] = {}
         self._lock = threading.Lock()

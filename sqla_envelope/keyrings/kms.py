@@ -441,6 +441,8 @@ def _reset_in_child() -> None:
     A wrapping key shared by parent and child would serve up to twice max_rows
     values, and boto3's connection pools are not safe across a fork. Clients the
     user passed in are kept; the ones the keyring built are rebuilt on first use.
+    The rest resets itself: the data keys generated ahead and their workers
+    (_kms_pool.py), and the wrapping keys being decrypted for reading (cache.py).
     """
     for keyring in list(_KEYRINGS):
         keyring._reuse.reset()
