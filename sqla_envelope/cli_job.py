@@ -25,12 +25,18 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import (
+    ArgumentError,
+    NoSuchTableError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
 
 from .context import EncryptionContext
 from .encryptor import Encryptor
 from .envelope import WrappedKey
-from .errors import ConfigurationError, DecryptionError, EnvelopeError
+from .errors import ConfigurationError, DecryptionError, EnvelopeError, KeyringError
 from .keyrings.base import DataKey, Keyring
 from .keyrings.kms import KmsKeyring
 from .keyrings.local import LocalKeyring
@@ -135,10 +141,24 @@ def fail(message: str, code: int) -> int:
     return code
 
 
+# The library's messages name Python keyword arguments; on the command line the
+# flags that set them are what the user can change.
+_FLAGS = {
+    "pass region_name=": "pass --region",
+    "pass endpoint_url=": "pass --endpoint-url",
+    "pass context=": "pass --context",
+}
+
+
 def describe(exc: BaseException, *, values_in_flight: bool = False) -> str:
     """One line for an error, never quoting a statement's parameters."""
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, EnvelopeError):
+        message = str(exc)
+        for keyword, flag in _FLAGS.items():
+            message = message.replace(keyword, flag)
+        return message
     if isinstance(exc, StatementError):
         # The driver's own message; str(exc) would quote the statement and parameters.
         args: tuple[Any, ...] = getattr(exc.orig, "args", ())
@@ -315,18 +335,28 @@ class Job:
             message = describe(exc, values_in_flight=True)
             if isinstance(exc, DecryptionError) and getattr(self.args, "strict", False):
                 message = f"--strict: a row cannot be decrypted: {message}"
-            return self._stopped(display, message, 1)
+            # An outage or a lost connection passes; a bad row or setting does not.
+            passing = isinstance(exc, (KeyringError, OperationalError, OSError))
+            return self._stopped(display, message, 1, passing=passing)
         display.finish(report)
         return 1 if report.failed else 0
 
-    def _stopped(self, display: RunDisplay, message: str, code: int) -> int:
+    def _stopped(
+        self, display: RunDisplay, message: str, code: int, *, passing: bool = True
+    ) -> int:
+        """The end of a run an error stopped: what was done, and how to go on.
+
+        ``passing``: whether running again may succeed as it is (an outage, an
+        interruption); otherwise the problem must be fixed first.
+        """
         fail(message, code)
         key = display.last_key or self.start_after
+        rerun = "run the same command" if passing else "fix it, then run the same command"
         if key is None:
-            print("nothing was done yet: run the same command again", file=sys.stderr)
+            print(f"nothing was changed: {rerun} again", file=sys.stderr)
         else:
             print(
-                f"stopped after {display.examined:,} rows; to resume, run the same command "
+                f"stopped after {display.examined:,} rows; to resume, {rerun} "
                 f"with --start-after {shlex.quote(format_key(key))}",
                 file=sys.stderr,
             )

@@ -37,7 +37,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, current_app, has_app_context
+try:
+    from flask import Flask, current_app, has_app_context
+except ImportError as exc:  # name the extra, not only the missing module
+    raise ImportError(
+        "sqla_envelope.flask needs Flask and Flask-SQLAlchemy: pip install 'sqla-envelope[flask]'"
+    ) from exc
 
 from .encryptor import Encryptor, configure
 from .errors import ConfigurationError

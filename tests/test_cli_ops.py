@@ -791,7 +791,8 @@ def test_a_database_error_mid_run_hides_quoted_values(
     assert code == 1
     first, second = err.splitlines()
     assert first.startswith("sqla-envelope: error: database: ")
-    assert second == "nothing was done yet: run the same command again"
+    # A rerun meets the same duplicate: the advice is to fix it first.
+    assert second == "nothing was changed: fix it, then run the same command again"
     assert "secret-dup" not in err
     assert read(engine, table, "plain", sa.String) == {1: None, 2: None}
 
@@ -1072,3 +1073,17 @@ def test_rows_that_fail_among_rows_that_do_not_are_all_reported(
     assert code == 1, err
     assert summary(err) == {"examined": 131, "fine": 1, "failed": 130}
     assert "cannot be processed" not in err  # the summary lists rows, the log does not
+
+
+def test_a_kms_key_without_a_region_names_the_flag_not_the_keyword(
+    url: str,
+    patients: sa.Table,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "SQLA_ENVELOPE_KMS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    code, err = run(capsys, "verify", *common(url, patients), "--kms-key-id", "alias/app")
+    assert code == 1, err
+    assert "pass --region" in err and "region_name=" not in err

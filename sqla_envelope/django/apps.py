@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from django.apps import AppConfig  # type: ignore[import-untyped]
-from django.core import checks  # type: ignore[import-untyped]
+try:
+    from django.apps import AppConfig  # type: ignore[import-untyped]
+    from django.core import checks  # type: ignore[import-untyped]
+except ImportError as exc:  # name the extra, not only the missing module
+    raise ImportError(
+        "sqla_envelope.django needs Django: pip install 'sqla-envelope[django]'"
+    ) from exc
 
 from ..encryptor import Encryptor, configure
 from .checks import check_settings
