@@ -45,8 +45,18 @@ _ALLOWED_OPERATORS = frozenset(
 _NULL_COMPARISONS = frozenset({operators.eq, operators.ne})
 # How every stored envelope starts: what allow_plaintext will not read as plaintext.
 _VERSION_BYTE = bytes((FORMAT_VERSION,))
-# Logical types whose encoding is small and bounded: a 64 KiB BLOB holds them on MySQL.
-_SMALL_STRING = 8_000
+# MySQL and MariaDB: what a BLOB or TEXT holds, in bytes (base64 text is ASCII, a
+# byte a character in every charset but utf16/utf32), and a LONGBLOB or LONGTEXT.
+_BLOB_CAPACITY = 65_535
+_LONG_CAPACITY = 4_294_967_295
+# Declared lengths up to this have always been stored as BLOB/TEXT: the limit is
+# kept so that existing schemas, and Alembic autogenerate, see no change.
+_SMALL_LENGTH = 8_000
+# Room an envelope takes beyond the encoded value: version, key count, the wrapped
+# copies of the data key (a KMS one with its key ARN is about 280 bytes; 8 KiB holds
+# more than a dozen at the format's 255-character key references), v2's 32-byte key
+# commitment, the nonce and the tag. The bind-time check catches anything beyond.
+_ENVELOPE_ALLOWANCE = 8_192
 
 
 class EncryptedType(TypeDecorator[Any]):
@@ -150,16 +160,41 @@ class EncryptedType(TypeDecorator[Any]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
-            # MySQL's BLOB/TEXT stop at 64 KiB; only small bounded types fit there.
-            fixed = self._codec.fixed_size is not None
-            length = getattr(self.impl_type, "length", None)
-            small = fixed or (length is not None and length <= _SMALL_STRING)
+            small = self._fits_blob()
             if self.storage == "base64":
                 return dialect.type_descriptor(mysql.TEXT() if small else mysql.LONGTEXT())
             return dialect.type_descriptor(mysql.BLOB() if small else mysql.LONGBLOB())
         # Not type_descriptor(): on PostgreSQL that turns Text into a length-less
         # VARCHAR, and autogenerate then sees a type change against TEXT columns.
         return self.impl_instance
+
+    def _max_stored_size(self) -> int | None:
+        """The most bytes a value of the declared type takes once stored, or None.
+
+        The largest encoding of the logical type (a fixed-size encoding's size;
+        4 bytes a character, UTF-8's worst case, for ``String(n)`` and ``Enum``
+        with n their declared length; n bytes for ``LargeBinary(n)``), plus 8 KiB
+        for the rest of the envelope, as base64 text with ``storage="base64"``.
+        None when the declaration bounds nothing (``Text``, ``JSON``, ``Numeric``,
+        dates and times). MySQL and MariaDB column types are chosen from it.
+        """
+        encoded = self._codec.fixed_size
+        if encoded is None:
+            length = getattr(self.impl_type, "length", None)
+            if length is None:
+                return None
+            encoded = length if self._codec.name == "LargeBinary" else 4 * length
+        size = encoded + _ENVELOPE_ALLOWANCE
+        return 4 * -(-size // 3) if self.storage == "base64" else size
+
+    def _fits_blob(self) -> bool:
+        """Whether a 64 KiB BLOB or TEXT holds every value within the declared length."""
+        size = self._max_stored_size()
+        if size is None or size > _BLOB_CAPACITY:
+            return False
+        # Past the allowance, a declared length over 8,000 has always meant LONGBLOB.
+        length: int | None = getattr(self.impl_type, "length", None)
+        return self._codec.fixed_size is not None or (length or 0) <= _SMALL_LENGTH
 
     def envelope_loader(self) -> Callable[[Any], bytes]:
         """Stored value -> envelope bytes; MalformedEnvelopeError for what cannot be one."""
@@ -210,7 +245,19 @@ class EncryptedType(TypeDecorator[Any]):
                 return store(envelope)
             raise self._unwritable(failure)
 
-        return process
+        if dialect.name not in ("mysql", "mariadb"):
+            return process
+        # MySQL without a strict sql_mode cuts a value too long for its column,
+        # with a warning nobody reads: the envelope would never decrypt again.
+        capacity = _BLOB_CAPACITY if self._fits_blob() else _LONG_CAPACITY
+
+        def process_within_capacity(value: Any) -> Any:
+            stored = process(value)
+            if stored is not None and len(stored) > capacity:
+                raise self._too_large(len(stored), capacity)
+            return stored
+
+        return process_within_capacity
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         """Returns the function SQLAlchemy calls for each fetched value of this column."""
@@ -248,6 +295,17 @@ class EncryptedType(TypeDecorator[Any]):
             return InvalidValueError(f"{self._label()}: {failure}")
         return InvalidValueError(
             f"{self._label()}: cannot encrypt this value: {type(failure).__name__}"
+        )
+
+    def _too_large(self, size: int, capacity: int) -> InvalidValueError:
+        """The error for an envelope its MySQL column would cut, naming what fits instead."""
+        small, long = ("TEXT", "LONGTEXT") if self.storage == "base64" else ("BLOB", "LONGBLOB")
+        column = small if capacity == _BLOB_CAPACITY else long
+        return InvalidValueError(
+            f"{self._label()}: this value's envelope takes {size:,} bytes, more than the "
+            f"{capacity:,} a {column} column holds on MySQL and MariaDB; declare the logical "
+            f"type without a length or with one over {_SMALL_LENGTH:,} (stored as {long}) "
+            f"and change the column to {long}"
         )
 
     def _unreadable(self, stored: Any, failure: DecryptionError) -> Any:
