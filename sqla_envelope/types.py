@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -16,7 +17,7 @@ from sqlalchemy.types import to_instance
 from .codecs import Codec, codec_for
 from .context import EncryptionContext
 from .encryptor import Encryptor, get_default_encryptor
-from .envelope import FORMAT_VERSION
+from .envelope import looks_like_envelope as envelope_shaped
 from .errors import (
     ConfigurationError,
     DecryptionError,
@@ -43,8 +44,9 @@ _ALLOWED_OPERATORS = frozenset(
     }
 )
 _NULL_COMPARISONS = frozenset({operators.eq, operators.ne})
-# How every stored envelope starts: what allow_plaintext will not read as plaintext.
-_VERSION_BYTE = bytes((FORMAT_VERSION,))
+# Text that is base64, or a prefix of it: the stored form of base64 storage.
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_BINARY = (bytes, bytearray, memoryview)
 # MySQL and MariaDB: what a BLOB or TEXT holds, in bytes (base64 text is ASCII, a
 # byte a character in every charset but utf16/utf32), and a LONGBLOB or LONGTEXT.
 _BLOB_CAPACITY = 65_535
@@ -311,8 +313,8 @@ class EncryptedType(TypeDecorator[Any]):
     def _unreadable(self, stored: Any, failure: DecryptionError) -> Any:
         """A stored value that did not decrypt: legacy plaintext, or a clear error.
 
-        Under ``allow_plaintext``, a value that does not even start like an envelope
-        (the format version byte, after base64 in base64 storage) is returned as the
+        Under ``allow_plaintext``, a value that is not envelope-shaped (see
+        ``looks_like_envelope``) and decodes as the logical type is returned as the
         plaintext it is. Anything else raises, a truncated or damaged envelope
         included, with a fresh error and no ``__context__``: a codec's error can
         quote the decrypted bytes.
@@ -329,27 +331,45 @@ class EncryptedType(TypeDecorator[Any]):
         raise type(failure)(f"{self._label()}: {failure}")
 
     def looks_like_envelope(self, stored: Any) -> bool:
-        """Whether a stored value starts as an envelope does, whether or not it is one.
+        """Whether a stored value is an envelope, or was one before damage or a cut.
 
         The rule by which ``allow_plaintext`` reads, and migrations skip, legacy
-        plaintext: a value that starts like an envelope and does not decrypt is
-        damaged (cut by a short column, altered), never plaintext.
+        plaintext: an envelope-shaped value that does not decrypt is damaged, never
+        plaintext. Bytes are judged by ``envelope.looks_like_envelope``; in base64
+        storage, text made only of base64 characters by what its whole 4-character
+        groups decode to (a column too short for it may have cut it anywhere). Text
+        in a binary column, and a number or date the driver returns from a column
+        still of its old SQL type, were never written by us.
         """
         if isinstance(stored, str):
-            if self.storage != "base64":
-                return False  # text in a binary column: never written by us
-            # A column too short for the text may have cut it anywhere: judge by
-            # the whole base64 quanta at its start.
+            if self.storage != "base64" or not _BASE64_TEXT.fullmatch(stored):
+                return False
             try:
                 stored = base64.b64decode(stored[: len(stored) // 4 * 4], validate=True)
             except (binascii.Error, ValueError):
-                return False
-        return bytes(stored[:1]) == _VERSION_BYTE
+                return False  # "=" inside the text
+        elif not isinstance(stored, _BINARY):
+            return False
+        return envelope_shaped(bytes(stored))
 
     def _plaintext(self, stored: Any) -> Any:
-        """A value stored before encryption, read under ``allow_plaintext``."""
-        data = stored.encode("utf-8") if isinstance(stored, str) else bytes(stored)
-        return self._codec.decode(data)
+        """A value stored before encryption, read under ``allow_plaintext``.
+
+        Text and bytes are decoded as the logical type; a value of a column's old
+        SQL type (an int, a date, a Decimal) must be one the logical type accepts.
+        Raises DecryptionError for anything else.
+        """
+        if isinstance(stored, str):
+            return self._codec.decode(stored.encode("utf-8"))
+        if isinstance(stored, _BINARY):
+            return self._codec.decode(bytes(stored))
+        try:
+            encoded = self._codec.encode(stored)
+        except InvalidValueError:
+            raise MalformedEnvelopeError(
+                f"stored {type(stored).__name__} is not a {self._codec.name} value"
+            ) from None
+        return self._codec.decode(encoded)
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         return self.bind_processor(dialect)(value)
@@ -403,9 +423,12 @@ def _load_base64(value: Any) -> bytes:
 
 
 def _load_binary(value: Any) -> bytes:
-    if isinstance(value, str):
-        raise MalformedEnvelopeError("stored value is text, not an envelope")
-    return bytes(value)
+    if isinstance(value, _BINARY):
+        return bytes(value)
+    # Not bytes(value): for an int from a column of its old SQL type, that is a
+    # buffer of that many zero bytes.
+    kind = "text" if isinstance(value, str) else f"a {type(value).__name__}"
+    raise MalformedEnvelopeError(f"stored value is {kind}, not an envelope")
 
 
 def _store_base64(envelope: bytes) -> str:

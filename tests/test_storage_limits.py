@@ -78,13 +78,9 @@ def lax_engine() -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def encryptor() -> Iterator[Encryptor]:
-    import sqla_envelope
-
-    enc = Encryptor(LocalKeyring.generate(KEY_ID))
-    sqla_envelope.configure(enc)
-    yield enc
-    sqla_envelope.configure(None)
+def keyring() -> LocalKeyring:
+    """The keyring of tests/conftest.py's ``encryptor``: a key id of known length."""
+    return LocalKeyring.generate(KEY_ID)
 
 
 @pytest.fixture
