@@ -331,3 +331,62 @@ def _wrapped_keys_before(data: bytes, end: int) -> tuple[WrappedKey, ...]:
     if pos != end:
         return unpack(data).wrapped_keys
     return tuple(keys)
+
+
+# -- recognizing an envelope, whole or damaged -------------------------------------------
+
+# Byte 0 of every version of the format: v1 (above) and v2, whose header adds a
+# 32-byte key commitment before the nonce. A reader of either must not take the
+# other, damaged, for data.
+_VERSION_BYTES = (1, 2)
+
+
+def looks_like_envelope(data: bytes) -> bool:
+    """Whether ``data`` is an envelope, or one that was damaged or cut short.
+
+    The rule by which ``allow_plaintext`` reads, and ``encrypt_column`` encrypts,
+    legacy plaintext: what is true here never is. ``data`` is envelope-shaped when
+
+    * byte 0 is a version byte (0x01, 0x02) and the value is at least as long as
+      the smallest envelope: one damaged after byte 0, whatever the damage;
+    * byte 0 is a version byte and the shorter value holds the start of a header:
+      a key count that is not 0, then a whole first key reference of ASCII
+      characters (and a wrapped length that is not 0, if it is there): an envelope
+      cut short by a column too narrow for it. A shorter remnant cannot be told
+      from data, and is data;
+    * whatever byte 0 holds, the rest parses as an envelope under either version
+      byte (every key reference and wrapped key inside the value, at least 28
+      bytes left), and the value is not UTF-8 text: an envelope whose version byte
+      was damaged. Its 28 or more bytes of random nonce and tag make valid UTF-8
+      less than once in ten million times, so text is never taken for one.
+    """
+    size = len(data)
+    if size < 4:
+        return False
+    if data[0] in _VERSION_BYTES:
+        return size >= MIN_ENVELOPE_SIZE or _starts_like_header(data)
+    return not _is_utf8(data) and any(_parses_as(version, data) for version in _VERSION_BYTES)
+
+
+def _starts_like_header(data: bytes) -> bool:
+    """Whether a value shorter than any envelope holds a key count and a whole key reference."""
+    ref_end = 3 + data[2]
+    if data[1] == 0 or data[2] == 0 or ref_end > len(data) or not data[3:ref_end].isascii():
+        return False
+    return data[ref_end : ref_end + 2] != b"\x00\x00"
+
+
+def _parses_as(version: int, data: bytes) -> bool:
+    try:
+        unpack(bytes((version,)) + data[1:])
+    except MalformedEnvelopeError:
+        return False
+    return True
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

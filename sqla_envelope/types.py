@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Column, Dialect, LargeBinary, String, Text
-from sqlalchemy.dialects import mysql
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.type_api import TypeDecorator, TypeEngine
 from sqlalchemy.types import to_instance
@@ -16,7 +13,6 @@ from sqlalchemy.types import to_instance
 from .codecs import Codec, codec_for
 from .context import EncryptionContext
 from .encryptor import Encryptor, get_default_encryptor
-from .envelope import V1, V2
 from .errors import (
     ConfigurationError,
     DecryptionError,
@@ -26,10 +22,20 @@ from .errors import (
     UnsupportedComparisonError,
 )
 from .schema_binding import TRANSLATING, SchemaTranslation, current_translation
+from .storage import (
+    BINARY,
+    BLOB_CAPACITY,
+    SMALL_LENGTH,
+    Storage,
+    envelope_shaped,
+    loader,
+    mysql_capacity,
+    mysql_type,
+    storer,
+)
 
 __all__ = ["EncryptedType"]
 
-Storage = Literal["binary", "base64"]
 
 # Operators that never compare a stored ciphertext with anything.
 _ALLOWED_OPERATORS = frozenset(
@@ -44,10 +50,6 @@ _ALLOWED_OPERATORS = frozenset(
     }
 )
 _NULL_COMPARISONS = frozenset({operators.eq, operators.ne})
-# How every stored envelope starts: what allow_plaintext will not read as plaintext.
-_VERSION_BYTES = (bytes((V1,)), bytes((V2,)))
-# Logical types whose encoding is small and bounded: a 64 KiB BLOB holds them on MySQL.
-_SMALL_STRING = 8_000
 
 
 class EncryptedType(TypeDecorator[Any]):
@@ -180,24 +182,19 @@ class EncryptedType(TypeDecorator[Any]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
-            # MySQL's BLOB/TEXT stop at 64 KiB; only small bounded types fit there.
-            fixed = self._codec.fixed_size is not None
-            length = getattr(self.impl_type, "length", None)
-            small = fixed or (length is not None and length <= _SMALL_STRING)
-            if self.storage == "base64":
-                return dialect.type_descriptor(mysql.TEXT() if small else mysql.LONGTEXT())
-            return dialect.type_descriptor(mysql.BLOB() if small else mysql.LONGBLOB())
+            # MySQL's BLOB/TEXT stop at 64 KiB: the type must hold every value.
+            return dialect.type_descriptor(mysql_type(self._codec, self.impl_type, self.storage))
         # Not type_descriptor(): on PostgreSQL that turns Text into a length-less
         # VARCHAR, and autogenerate then sees a type change against TEXT columns.
         return self.impl_instance
 
     def envelope_loader(self) -> Callable[[Any], bytes]:
         """Stored value -> envelope bytes; MalformedEnvelopeError for what cannot be one."""
-        return _load_base64 if self.storage == "base64" else _load_binary
+        return loader(self.storage)
 
     def envelope_storer(self) -> Callable[[bytes], Any]:
         """Envelope bytes -> the value to store (base64 text, or the bytes as they are)."""
-        return _store_base64 if self.storage == "base64" else _store_binary
+        return storer(self.storage)
 
     @property
     def codec(self) -> Codec:
@@ -243,7 +240,19 @@ class EncryptedType(TypeDecorator[Any]):
                 return store(envelope)
             raise self._unwritable(failure)
 
-        return process
+        if dialect.name not in ("mysql", "mariadb"):
+            return process
+        # MySQL without a strict sql_mode cuts a value too long for its column,
+        # with a warning nobody reads: the envelope would never decrypt again.
+        capacity = mysql_capacity(self._codec, self.impl_type, self.storage)
+
+        def process_within_capacity(value: Any) -> Any:
+            stored = process(value)
+            if stored is not None and len(stored) > capacity:
+                raise self._too_large(len(stored), capacity)
+            return stored
+
+        return process_within_capacity
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         """Returns the function SQLAlchemy calls for each fetched value of this column."""
@@ -286,11 +295,22 @@ class EncryptedType(TypeDecorator[Any]):
             f"{self._label()}: cannot encrypt this value: {type(failure).__name__}"
         )
 
+    def _too_large(self, size: int, capacity: int) -> InvalidValueError:
+        """The error for an envelope its MySQL column would cut, naming what fits instead."""
+        small, long = ("TEXT", "LONGTEXT") if self.storage == "base64" else ("BLOB", "LONGBLOB")
+        column = small if capacity == BLOB_CAPACITY else long
+        return InvalidValueError(
+            f"{self._label()}: this value's envelope takes {size:,} bytes, more than the "
+            f"{capacity:,} a {column} column holds on MySQL and MariaDB; declare the logical "
+            f"type without a length or with one over {SMALL_LENGTH:,} (stored as {long}) "
+            f"and change the column to {long}"
+        )
+
     def _unreadable(self, stored: Any, failure: DecryptionError) -> Any:
         """A stored value that did not decrypt: legacy plaintext, or a clear error.
 
-        Under ``allow_plaintext``, a value that does not even start like an envelope
-        (the format version byte, after base64 in base64 storage) is returned as the
+        Under ``allow_plaintext``, a value that is not envelope-shaped (see
+        ``looks_like_envelope``) and decodes as the logical type is returned as the
         plaintext it is. Anything else raises, a truncated or damaged envelope
         included, with a fresh error and no ``__context__``: a codec's error can
         quote the decrypted bytes.
@@ -307,27 +327,32 @@ class EncryptedType(TypeDecorator[Any]):
         raise type(failure)(f"{self._label()}: {failure}")
 
     def looks_like_envelope(self, stored: Any) -> bool:
-        """Whether a stored value starts as an envelope does, whether or not it is one.
+        """Whether a stored value is an envelope, or was one before damage or a cut.
 
         The rule by which ``allow_plaintext`` reads, and migrations skip, legacy
-        plaintext: a value that starts like an envelope and does not decrypt is
-        damaged (cut by a short column, altered), never plaintext.
+        plaintext: an envelope-shaped value that does not decrypt is damaged, never
+        plaintext (``storage.envelope_shaped``).
         """
-        if isinstance(stored, str):
-            if self.storage != "base64":
-                return False  # text in a binary column: never written by us
-            # A column too short for the text may have cut it anywhere: judge by
-            # the whole base64 quanta at its start.
-            try:
-                stored = base64.b64decode(stored[: len(stored) // 4 * 4], validate=True)
-            except (binascii.Error, ValueError):
-                return False
-        return bytes(stored[:1]) in _VERSION_BYTES
+        return envelope_shaped(stored, self.storage)
 
     def _plaintext(self, stored: Any) -> Any:
-        """A value stored before encryption, read under ``allow_plaintext``."""
-        data = stored.encode("utf-8") if isinstance(stored, str) else bytes(stored)
-        return self._codec.decode(data)
+        """A value stored before encryption, read under ``allow_plaintext``.
+
+        Text and bytes are decoded as the logical type; a value of a column's old
+        SQL type (an int, a date, a Decimal) must be one the logical type accepts.
+        Raises DecryptionError for anything else.
+        """
+        if isinstance(stored, str):
+            return self._codec.decode(stored.encode("utf-8"))
+        if isinstance(stored, BINARY):
+            return self._codec.decode(bytes(stored))
+        try:
+            encoded = self._codec.encode(stored)
+        except InvalidValueError:
+            raise MalformedEnvelopeError(
+                f"stored {type(stored).__name__} is not a {self._codec.name} value"
+            ) from None
+        return self._codec.decode(encoded)
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         return self.bind_processor(dialect)(value)
@@ -371,27 +396,6 @@ class EncryptedType(TypeDecorator[Any]):
 # Alembic renders a custom type as "<its module>.<repr>"; advertising the public
 # package as the module yields sqla_envelope.EncryptedType(...) in migrations.
 EncryptedType.__module__ = "sqla_envelope"
-
-
-def _load_base64(value: Any) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError, TypeError):
-        raise MalformedEnvelopeError("stored text is not base64") from None
-
-
-def _load_binary(value: Any) -> bytes:
-    if isinstance(value, str):
-        raise MalformedEnvelopeError("stored value is text, not an envelope")
-    return bytes(value)
-
-
-def _store_base64(envelope: bytes) -> str:
-    return base64.b64encode(envelope).decode("ascii")
-
-
-def _store_binary(envelope: bytes) -> bytes:
-    return envelope
 
 
 def _check_operator(op: Any, other: tuple[Any, ...]) -> None:

@@ -31,7 +31,8 @@ from ...cli_ops import run_options
 from ...errors import ConfigurationError, DecryptionError, EnvelopeError
 from ...progress import RunDisplay
 from ...rotation import encrypted_column
-from ...types import EncryptedType, Storage
+from ...storage import Storage
+from ...types import EncryptedType
 from ...walk import ColumnReport, count_rows
 from ..engine import get_engine
 
