@@ -12,6 +12,7 @@ from sqlalchemy.types import to_instance
 
 from .codecs import Codec, codec_for
 from .context import EncryptionContext
+from .declaration import bounded_encoder, refuse_unique_or_index
 from .encryptor import Encryptor, get_default_encryptor
 from .errors import (
     ConfigurationError,
@@ -68,8 +69,16 @@ class EncryptedType(TypeDecorator[Any]):
     is returned as plaintext instead of raising MalformedEnvelopeError. A value
     that is an envelope and fails to decrypt still raises. Writes always encrypt.
 
+    A declared length holds as it would on a plaintext column: a value longer
+    than ``String(n)`` characters or ``LargeBinary(n)`` bytes raises
+    InvalidValueError and nothing is stored. ``check_length=False`` lets longer
+    values through (legacy data a plaintext column on SQLite let in), bounded only
+    by what the column holds.
+
     Comparing the column with a value in SQL raises UnsupportedComparisonError:
-    randomized ciphertexts never match.
+    randomized ciphertexts never match. ``unique=True``, ``index=True``, and a
+    UniqueConstraint or Index on the column raise ConfigurationError when the
+    table is declared, for the same reason.
     """
 
     impl = LargeBinary
@@ -83,6 +92,7 @@ class EncryptedType(TypeDecorator[Any]):
         context: Mapping[str, str] | None = None,
         storage: Storage = "binary",
         allow_plaintext: bool = False,
+        check_length: bool = True,
     ) -> None:
         super().__init__()
         logical = to_instance(impl_type)
@@ -98,6 +108,7 @@ class EncryptedType(TypeDecorator[Any]):
         self.context = EncryptionContext(context) if context is not None else None
         self.storage = storage
         self.allow_plaintext = allow_plaintext
+        self.check_length = check_length
         if storage == "base64":
             self.impl = self.impl_instance = Text()  # type: ignore[assignment]
         self._column: Column[Any] | None = None
@@ -111,6 +122,7 @@ class EncryptedType(TypeDecorator[Any]):
         super()._set_parent(parent, outer=outer, **kw)
         if not isinstance(parent, Column):
             return
+        refuse_unique_or_index(parent, parent.name or "encrypted column")
         if self._column is None or self._column is parent:
             self._column, self._bound_context, self._translated = parent, None, {}
             return
@@ -215,7 +227,9 @@ class EncryptedType(TypeDecorator[Any]):
         encrypted raises one of our errors, never another exception: SQLAlchemy would
         wrap that in a StatementError quoting every parameter of the row.
         """
-        encode = self._codec.encode
+        encode = (
+            bounded_encoder(self._codec, self.impl_type) if self.check_length else self._codec.encode
+        )
         fixed = self.encryptor
         store = self.envelope_storer()
         context: EncryptionContext | None = None
@@ -390,6 +404,8 @@ class EncryptedType(TypeDecorator[Any]):
             args.append(f"storage={self.storage!r}")
         if self.allow_plaintext:
             args.append("allow_plaintext=True")
+        if not self.check_length:
+            args.append("check_length=False")
         return f"EncryptedType({', '.join(args)})"
 
 

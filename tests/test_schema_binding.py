@@ -127,7 +127,7 @@ def test_orm_sessions_read_and_write_each_tenant_under_its_own_schema(
     class Patient(Base):
         __tablename__ = "patients"
         id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-        ssn: Mapped[str] = mapped_column(EncryptedType(sa.String(20)))
+        ssn: Mapped[str] = mapped_column(EncryptedType(sa.String(40)))
 
     _create(tenant_engine, Base.metadata)
     for tenant in TENANTS:
