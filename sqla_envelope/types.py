@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 from sqlalchemy import Column, Dialect, LargeBinary, String, Text
 from sqlalchemy.dialects import mysql
-from sqlalchemy.sql import operators
 from sqlalchemy.sql.type_api import TypeDecorator, TypeEngine
 from sqlalchemy.types import to_instance
 
 from .codecs import Codec, codec_for
+from .comparisons import GuardedComparator
 from .context import EncryptionContext
 from .encryptor import Encryptor, get_default_encryptor
 from .envelope import FORMAT_VERSION
@@ -23,26 +23,12 @@ from .errors import (
     InvalidValueError,
     KeyringError,
     MalformedEnvelopeError,
-    UnsupportedComparisonError,
 )
 
 __all__ = ["EncryptedType"]
 
 Storage = Literal["binary", "base64"]
 
-# Operators that never compare a stored ciphertext with anything.
-_ALLOWED_OPERATORS = frozenset(
-    {
-        operators.is_,
-        operators.is_not,
-        operators.asc_op,
-        operators.desc_op,
-        operators.nulls_first_op,
-        operators.nulls_last_op,
-        operators.distinct_op,
-    }
-)
-_NULL_COMPARISONS = frozenset({operators.eq, operators.ne})
 # How every stored envelope starts: what allow_plaintext will not read as plaintext.
 _VERSION_BYTE = bytes((FORMAT_VERSION,))
 # Logical types whose encoding is small and bounded: a 64 KiB BLOB holds them on MySQL.
@@ -65,8 +51,10 @@ class EncryptedType(TypeDecorator[Any]):
     is returned as plaintext instead of raising MalformedEnvelopeError. A value
     that is an envelope and fails to decrypt still raises. Writes always encrypt.
 
-    Comparing the column with a value in SQL raises UnsupportedComparisonError:
-    randomized ciphertexts never match.
+    SQL that compares or transforms the column (``==``, ``LIKE``, functions, ``CAST``,
+    ``ORDER BY``, ...) raises UnsupportedComparisonError, while the expression is built
+    or at the latest when the statement is compiled (comparisons.py, sql_guard.py): randomized
+    ciphertexts never match, and their order, length or groups mean nothing.
     """
 
     impl = LargeBinary
@@ -304,16 +292,12 @@ class EncryptedType(TypeDecorator[Any]):
 
     # -- SQL expressions ------------------------------------------------------------
 
-    class comparator_factory(TypeDecorator.Comparator[Any]):  # noqa: N801 - SQLAlchemy's name
-        """Refuses comparisons that can never match a randomized ciphertext."""
+    class comparator_factory(GuardedComparator):  # noqa: N801 - SQLAlchemy's name
+        """Refuses, while the expression is built, operators that cannot work on ciphertext.
 
-        def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
-            _check_operator(op, other)
-            return super().operate(op, *other, **kwargs)
-
-        def reverse_operate(self, op: Any, other: Any, **kwargs: Any) -> Any:
-            _check_operator(op, (other,))
-            return super().reverse_operate(op, other, **kwargs)
+        Its class also marks the column as encrypted for the check sql_guard runs when
+        a statement is compiled.
+        """
 
     # -- rendering (Alembic autogenerate, logs) -------------------------------------
 
@@ -356,16 +340,3 @@ def _store_base64(envelope: bytes) -> str:
 
 def _store_binary(envelope: bytes) -> bytes:
     return envelope
-
-
-def _check_operator(op: Any, other: tuple[Any, ...]) -> None:
-    if op in _ALLOWED_OPERATORS:
-        return
-    if op in _NULL_COMPARISONS and len(other) == 1 and other[0] is None:
-        return
-    name = getattr(op, "__name__", str(op))
-    raise UnsupportedComparisonError(
-        f"cannot use {name} on an encrypted column: every value has its own random data "
-        "key and nonce, so the database can never match a ciphertext; compare after "
-        "loading, or keep a separate keyed hash (blind index) column for lookups"
-    )
