@@ -22,9 +22,11 @@ from .keyrings import Keyring as Keyring
 from .keyrings import KmsKeyring as KmsKeyring
 from .keyrings import LocalKeyring as LocalKeyring
 from .rotation import rewrap as rewrap
+from .sql_guard import install as _install_sql_guard
 from .types import EncryptedType as EncryptedType
 
 _install_engine_events()
+_install_sql_guard()
 
 
 __all__ = [

@@ -5,7 +5,7 @@ EnvelopeError
  ├── ConfigurationError          the library is used in a way that cannot work
  ├── KeyringError                the key service could not do its job
  ├── InvalidValueError           a value does not fit the column's logical type
- ├── UnsupportedComparisonError  SQL comparison against a randomized ciphertext
+ ├── UnsupportedComparisonError  SQL that compares or transforms a randomized ciphertext
  └── DecryptionError             a stored value cannot be decrypted
       └── MalformedEnvelopeError the bytes are not an envelope we know
 ```
@@ -93,11 +93,14 @@ class InvalidValueError(EnvelopeError, ValueError):
 
 
 class UnsupportedComparisonError(EnvelopeError, TypeError):
-    """Raised when SQL would compare an encrypted column with a value.
+    """Raised when SQL would compare or transform an encrypted column.
 
     Every value is encrypted under its own random key and nonce, so a ciphertext
-    never equals another: ``WHERE ssn = 'x'`` would silently match nothing.
-    ``IS NULL`` / ``IS NOT NULL`` remain allowed.
+    never equals another: ``WHERE ssn = 'x'`` would silently match nothing, and
+    ``ORDER BY``, ``length()`` or ``GROUP BY`` on ciphertexts mean nothing.
+    Raised while the expression is built, or at the latest when the statement
+    is compiled, before anything is sent or logged. ``IS NULL`` / ``IS NOT
+    NULL``, ``count(col)`` and selecting the column remain allowed.
     """
 
 

@@ -6,11 +6,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Column, Dialect, LargeBinary, String, Text
-from sqlalchemy.sql import operators
 from sqlalchemy.sql.type_api import TypeDecorator, TypeEngine
 from sqlalchemy.types import to_instance
 
 from .codecs import Codec, codec_for
+from .comparisons import GuardedComparator
 from .context import EncryptionContext
 from .declaration import bounded_encoder, refuse_unique_or_index
 from .encryptor import Encryptor, get_default_encryptor
@@ -20,7 +20,6 @@ from .errors import (
     InvalidValueError,
     KeyringError,
     MalformedEnvelopeError,
-    UnsupportedComparisonError,
 )
 from .schema_binding import TRANSLATING, SchemaTranslation, current_translation
 from .storage import (
@@ -36,21 +35,6 @@ from .storage import (
 )
 
 __all__ = ["EncryptedType"]
-
-
-# Operators that never compare a stored ciphertext with anything.
-_ALLOWED_OPERATORS = frozenset(
-    {
-        operators.is_,
-        operators.is_not,
-        operators.asc_op,
-        operators.desc_op,
-        operators.nulls_first_op,
-        operators.nulls_last_op,
-        operators.distinct_op,
-    }
-)
-_NULL_COMPARISONS = frozenset({operators.eq, operators.ne})
 
 
 class EncryptedType(TypeDecorator[Any]):
@@ -75,8 +59,11 @@ class EncryptedType(TypeDecorator[Any]):
     values through (legacy data a plaintext column on SQLite let in), bounded only
     by what the column holds.
 
-    Comparing the column with a value in SQL raises UnsupportedComparisonError:
-    randomized ciphertexts never match. ``unique=True``, ``index=True``, and a
+    SQL that compares or transforms the column (``==``, ``LIKE``, functions,
+    ``CAST``, ``ORDER BY``, ...) raises UnsupportedComparisonError, while the
+    expression is built or at the latest when the statement is compiled
+    (comparisons.py, sql_guard.py): randomized ciphertexts never match, and their
+    order, length or groups mean nothing. ``unique=True``, ``index=True``, and a
     UniqueConstraint or Index on the column raise ConfigurationError when the
     table is declared, for the same reason.
     """
@@ -227,9 +214,9 @@ class EncryptedType(TypeDecorator[Any]):
         encrypted raises one of our errors, never another exception: SQLAlchemy would
         wrap that in a StatementError quoting every parameter of the row.
         """
-        encode = (
-            bounded_encoder(self._codec, self.impl_type) if self.check_length else self._codec.encode
-        )
+        encode = self._codec.encode
+        if self.check_length:
+            encode = bounded_encoder(self._codec, self.impl_type)
         fixed = self.encryptor
         store = self.envelope_storer()
         context: EncryptionContext | None = None
@@ -379,16 +366,12 @@ class EncryptedType(TypeDecorator[Any]):
 
     # -- SQL expressions ------------------------------------------------------------
 
-    class comparator_factory(TypeDecorator.Comparator[Any]):  # noqa: N801 - SQLAlchemy's name
-        """Refuses comparisons that can never match a randomized ciphertext."""
+    class comparator_factory(GuardedComparator):  # noqa: N801 - SQLAlchemy's name
+        """Refuses, while the expression is built, operators that cannot work on ciphertext.
 
-        def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
-            _check_operator(op, other)
-            return super().operate(op, *other, **kwargs)
-
-        def reverse_operate(self, op: Any, other: Any, **kwargs: Any) -> Any:
-            _check_operator(op, (other,))
-            return super().reverse_operate(op, other, **kwargs)
+        Its class also marks the column as encrypted for the check sql_guard runs when
+        a statement is compiled.
+        """
 
     # -- rendering (Alembic autogenerate, logs) -------------------------------------
 
@@ -412,16 +395,3 @@ class EncryptedType(TypeDecorator[Any]):
 # Alembic renders a custom type as "<its module>.<repr>"; advertising the public
 # package as the module yields sqla_envelope.EncryptedType(...) in migrations.
 EncryptedType.__module__ = "sqla_envelope"
-
-
-def _check_operator(op: Any, other: tuple[Any, ...]) -> None:
-    if op in _ALLOWED_OPERATORS:
-        return
-    if op in _NULL_COMPARISONS and len(other) == 1 and other[0] is None:
-        return
-    name = getattr(op, "__name__", str(op))
-    raise UnsupportedComparisonError(
-        f"cannot use {name} on an encrypted column: every value has its own random data "
-        "key and nonce, so the database can never match a ciphertext; compare after "
-        "loading, or keep a separate keyed hash (blind index) column for lookups"
-    )

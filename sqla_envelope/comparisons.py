@@ -1,0 +1,143 @@
+"""What SQL may do with an encrypted value, and why the rest is refused: the rules of both checks.
+
+Every value is sealed under its own random data key and nonce, so the database only ever
+holds random bytes: ``WHERE ssn = 'x'`` matches nothing, ``lower(ssn)``, ``length(ssn)``,
+``max(ssn)`` or ``ORDER BY ssn`` compute on ciphertext, and a search term bound in such
+an expression goes to the SQL log in plaintext. Two checks refuse them with
+UnsupportedComparisonError, with a message that says why:
+
+- while an expression is built, the encrypted type's comparator (here) refuses an
+  operator applied to the column with a Python value: ``Model.ssn == "x"``,
+  ``Model.ssn.like(...)``, ``Model.ssn.desc()``; the earliest error;
+- when a statement is compiled, sql_guard walks the whole statement and refuses every
+  other use, whatever the left side: ``literal("x") == col``, ``cast(col, ...)``,
+  functions, tuples, ``ORDER BY``, ``GROUP BY``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.sql import compiler, elements, operators, selectable
+from sqlalchemy.sql.type_api import TypeDecorator
+
+from .errors import UnsupportedComparisonError
+
+__all__ = [
+    "NO_COMPUTE",
+    "NO_GROUPS",
+    "NO_MATCH",
+    "NO_ORDER",
+    "GuardedComparator",
+    "check_operator",
+    "describe",
+    "is_encrypted",
+    "operator_name",
+    "refusal",
+    "why",
+]
+
+# Why each kind of refused SQL is meaningless. None of it, nor any message built
+# here, names a value: only operators, functions, tables and columns.
+NO_MATCH = (
+    "every value has its own random data key and nonce, so the database compares random "
+    "ciphertext and would silently match nothing; compare after loading the rows, or look "
+    "values up through a blind index (a keyed hash of the value in a separate column; "
+    "built-in blind indexes are planned for equality lookups)"
+)
+NO_ORDER = (
+    "the stored ciphertext is random, so an order over it is random too; sort after "
+    "loading the rows, or order by another column"
+)
+NO_GROUPS = (
+    "every value has its own random data key, so every stored ciphertext is different, "
+    "even for equal values, and grouping or DISTINCT over it treats every row as unique; "
+    "group after loading the rows, or by a blind index (planned)"
+)
+NO_COMPUTE = (
+    "the database holds only random ciphertext, so it would compute on the envelope, not "
+    "on the value, and the result is meaningless; compute after loading the rows"
+)
+
+
+def operator_name(op: Any) -> str:
+    """An operator as SQL spells it (``=``, ``LIKE``, ``DESC``), for messages."""
+    sql = compiler.OPERATORS.get(op)
+    if sql is not None:
+        return sql.strip()
+    opstring = getattr(op, "opstring", None)  # Operators.op("...")
+    if opstring is not None:
+        return str(opstring)
+    name = str(getattr(op, "__name__", op))
+    return name.removesuffix("_op").replace("_", " ").upper()  # between_op -> BETWEEN
+
+
+def why(op: Any) -> str:
+    """Why an operator over an encrypted value is refused."""
+    if operators.is_ordering_modifier(op):
+        return NO_ORDER
+    if op is operators.distinct_op:
+        return NO_GROUPS
+    if operators.is_comparison(op) or op in (operators.any_op, operators.all_op):
+        return NO_MATCH
+    return NO_COMPUTE
+
+
+def refusal(what: str, column: str, reason: str) -> UnsupportedComparisonError:
+    return UnsupportedComparisonError(
+        f"cannot use {what} on an encrypted column ({column}): {reason}"
+    )
+
+
+def describe(element: Any) -> str:
+    """Names an encrypted operand by its table and column, never by a value."""
+    table = getattr(element, "table", None)
+    name = getattr(element, "name", None) or getattr(element, "key", None)
+    if isinstance(name, str) and isinstance(table, selectable.TableClause):
+        return f"{table.name}.{name}"
+    if isinstance(element, elements.BindParameter) or not isinstance(name, str):
+        return "a value of an encrypted type"
+    return name
+
+
+def is_encrypted(element: Any) -> bool:
+    """Whether a SQL expression's type is encrypted: its comparator is GuardedComparator."""
+    # The class attribute, not the instance's: a plain TypeDecorator builds a new
+    # comparator class each time its comparator_factory is read.
+    factory = getattr(type(getattr(element, "type", None)), "comparator_factory", None)
+    return isinstance(factory, type) and issubclass(factory, GuardedComparator)
+
+
+def check_operator(op: Any, other: tuple[Any, ...], column: str) -> None:
+    """Refuses an operator applied to an encrypted column, while the expression is built.
+
+    ``IS [NOT] NULL`` passes (``== None`` becomes one). ``==`` and ``!=`` with another SQL
+    expression pass here and are judged when the statement is compiled: SQLAlchemy
+    itself compares columns with ``==`` in Python (the dictionary lookups of an ORM bulk
+    UPDATE or DELETE), where the result must stay a harmless expression.
+    """
+    if op in (operators.is_, operators.is_not):
+        return
+    if op in (operators.eq, operators.ne) and len(other) == 1:
+        value = other[0]
+        if value is None or isinstance(value, elements.ClauseElement):
+            return
+        if hasattr(value, "__clause_element__"):  # an ORM attribute
+            return
+    raise refusal(operator_name(op), column, why(op))
+
+
+class GuardedComparator(TypeDecorator.Comparator[Any]):
+    """The comparator of encrypted types: refuses operators that cannot work on ciphertext.
+
+    sql_guard treats every expression whose type uses this comparator (or a subclass)
+    as an encrypted value.
+    """
+
+    def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
+        check_operator(op, other, describe(self.expr))
+        return super().operate(op, *other, **kwargs)
+
+    def reverse_operate(self, op: Any, other: Any, **kwargs: Any) -> Any:
+        check_operator(op, (other,), describe(self.expr))
+        return super().reverse_operate(op, other, **kwargs)
