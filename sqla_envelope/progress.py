@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, TextIO
 
-from .walk import ColumnReport
+from .walk import ColumnReport, row_name
 
 __all__ = ["RunDisplay", "format_key"]
 
@@ -142,9 +142,8 @@ class RunDisplay:
         self.stream.flush()
 
     def key_text(self, key: Sequence[Any]) -> str:
-        """``id=17``, or ``(a=1, b=2)`` for a composite key."""
-        pairs = [f"{name}={value!r}" for name, value in zip(self.key_names, key, strict=True)]
-        return pairs[0] if len(pairs) == 1 else f"({', '.join(pairs)})"
+        """``id=17``, or ``(a=1, b=2)`` for a composite key, as every message names a row."""
+        return row_name(self.key_names, key)
 
     def stop(self) -> None:
         """End the bar line of a run an error stopped; its counts stay as last committed."""

@@ -155,6 +155,12 @@ def raw_type(column: sa.Column[Any]) -> sa.types.TypeEngine[Any]:
     return type_
 
 
+def row_name(key_names: Sequence[str], key: Sequence[Any]) -> str:
+    """How messages name a row: ``id=17``, or ``(a=1, b=2)`` for a composite key."""
+    pairs = [f"{name}={value!r}" for name, value in zip(key_names, key, strict=True)]
+    return pairs[0] if len(pairs) == 1 else f"({', '.join(pairs)})"
+
+
 def walk_column(
     bind: Engine | Connection,
     table: sa.Table,
@@ -198,6 +204,7 @@ def walk_column(
         schema=schema_under(table.schema, translation_of(bind)),
     )
     pk = [view.c[c.name] for c in _pk_columns(table)]
+    pk_names = [c.name for c in pk]
     read_cols = [view.c[c.name] for c in read]
     guard_cols = [view.c[c.name] for c in guard]
     write_col = view.c[write.name]
@@ -245,12 +252,16 @@ def walk_column(
                     report.examined += 1
                     if isinstance(outcome, _ROW_ERRORS):
                         if strict:
-                            raise type(outcome)(f"row {keys!r}: {outcome}") from outcome
+                            name = row_name(pk_names, keys)
+                            raise type(outcome)(f"row {name}: {outcome}") from outcome
                         report.failure_count += 1
                         if len(report.failures) < MAX_LISTED:
                             report.failures.append((keys, str(outcome)))
                         log.warning(
-                            "row %r of %s cannot be processed: %s", keys, table.fullname, outcome
+                            "row %s of %s cannot be processed: %s",
+                            row_name(pk_names, keys),
+                            table.fullname,
+                            outcome,
                         )
                     elif outcome is SKIP:
                         report.skipped += 1
