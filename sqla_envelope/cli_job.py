@@ -99,7 +99,7 @@ def _likely_cause(reason: str) -> str:
             "the keys given (--key-file, --kms-key-id) do not hold the key these values "
             "are under: check the key file or KMS key"
         )
-    if "stored text is not base64" in reason or "stored value is text" in reason:
+    if "base64" in reason or "stored value is text" in reason:
         return "the column's storage is not what --storage says"
     if "not a sqla-envelope value" in reason:
         return (

@@ -65,9 +65,14 @@ def storer(storage: Storage) -> Callable[[bytes], Any]:
 
 
 def _load_base64(value: Any) -> bytes:
+    if not isinstance(value, str):
+        kind = "bytes" if isinstance(value, BINARY) else type(value).__name__
+        raise MalformedEnvelopeError(
+            f"stored {kind}, not base64 text: is the column's storage binary?"
+        )
     try:
         return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError, TypeError):
+    except (binascii.Error, ValueError):
         raise MalformedEnvelopeError("stored text is not base64") from None
 
 

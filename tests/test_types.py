@@ -714,3 +714,22 @@ def test_statement_cache_keeps_columns_apart(
             assert reader.decrypt(raw, {"table": table.name, "column": "v"}) == value
             with pytest.raises(DecryptionError):  # bound to its own table, not the other's
                 reader.decrypt(raw, {"table": other.name, "column": "v"})
+
+
+def test_a_binary_value_in_a_base64_column_is_named_as_such(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    # Issue 13: a BLOB column read with storage="base64" said "stored text is not base64".
+    binary = _secrets_table(metadata, sa.Column("token", EncryptedType(sa.String)))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(binary.insert().values(id=1, token="tok"))
+    as_text = sa.Table(
+        "secrets",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("token", EncryptedType(sa.String, storage="base64")),
+    )
+    with engine.connect() as conn, pytest.raises(MalformedEnvelopeError) as caught:
+        conn.execute(sa.select(as_text.c.token)).scalar_one()
+    assert "stored bytes, not base64 text" in str(caught.value)
