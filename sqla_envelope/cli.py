@@ -242,7 +242,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "decrypts.\nVALUE is hex (optionally prefixed with \\x, as psql shows bytea, or 0x) "
         "or base64.",
         epilog="examples:\n"
-        f"  {PROG} inspect '\\x010106613962326333003c...'\n"
+        f"  {PROG} inspect '\\x0201066131623263330030...'\n"
         f"  {PROG} inspect \"$(psql -Atc '{_ONE_SSN}')\"",
     )
     inspect_parser.add_argument("value", metavar="VALUE", help="the stored value, hex or base64")

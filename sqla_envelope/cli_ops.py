@@ -187,11 +187,12 @@ def add_commands(
     rewrap = command(
         "rewrap",
         _cmd_rewrap,
-        help="re-wrap every value's data key under a new master key (key rotation)",
-        description="Re-wrap the data key of every value of a column under the primary key of "
-        "the\ntarget keyring. The ciphertext is untouched (only the wrapped key changes),\nso "
-        "it is cheap and safe on a live table. Values already under the target are\nskipped, "
-        f"so a stopped run is simply run again.\n\n{_BATCHES}\n\n{_EXIT}",
+        help="move every value under a new master key (key rotation; format v1 to v2)",
+        description="Move every value of a column under the primary key of the target "
+        "keyring: each\nis decrypted and sealed again under a fresh data key (format v2 "
+        "authenticates the\nwrapped key with the value), and values still in format v1 move "
+        "to v2. Safe on a\nlive table. Values already under the target in v2 are skipped, so "
+        f"a stopped run\nis simply run again.\n\n{_BATCHES}\n\n{_EXIT}",
         epilog=f"examples:\n  URL={_URL}\n"
         f"  # after '{PROG} keys add app.keys.json': move every value to the new primary key\n"
         f"  {PROG} rewrap {_ALL} \\\n      --key-file app.keys.json --to-key-file app.keys.json\n"

@@ -115,7 +115,7 @@ def rewrap_column(
         strict=strict,
         shard=shard,
         start_after=start_after,
-        workers=worker_count(workers, source, target),
+        workers=worker_count(workers, source.keyring, target.keyring),
         progress=progress,
     )
 

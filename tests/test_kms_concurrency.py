@@ -22,7 +22,14 @@ from kms_server import (  # noqa: F401 - pytest fixtures
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sqla_envelope
-from sqla_envelope import EncryptedType, Encryptor, KeyringError, KmsKeyring, unpack_envelope
+from sqla_envelope import (
+    EncryptedType,
+    Encryptor,
+    KeyringError,
+    KmsKeyring,
+    rewrap,
+    unpack_envelope,
+)
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 
@@ -369,3 +376,21 @@ def test_bounded_reuse_kms_failure_before_a_batch_stores_nothing(
     recorder.failures.clear()
     _insert(engine, person, 35)  # KMS is back: the same batch goes through
     assert len(set(_wrapping_keys(engine))) == 4
+
+
+def test_rewrap_between_kms_keys_runs_its_kms_calls_concurrently(
+    make_key: Callable[..., Key],
+    new_keyring: Callable[..., KmsKeyring],
+    latency: Latency,
+    people: tuple[sa.Engine, type[Any]],
+) -> None:
+    # Format v2's rewrap seals each value again: a Decrypt and a GenerateDataKey a
+    # value, both on the network, so a batch's rows must be worked on together.
+    # d942f64 counted workers from the Encryptors instead of their keyrings: one.
+    engine, person = people
+    old, new = make_key(), make_key()
+    _write_rows(engine, person, new_keyring(old.arn, prefetch=0), 12)
+    latency.peak = 0
+    changed = rewrap(engine, person.ssn, new_keyring(new.arn, prefetch=0))
+    assert changed == 12
+    assert latency.peak > 1
