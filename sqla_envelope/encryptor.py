@@ -24,7 +24,16 @@ from .aead import (
 from .audit import KeyEvent, Listener
 from .cache import KeyCache, peek
 from .context import EncryptionContext
-from .envelope import COMMITMENT_SIZE, V1, V2, header_end, header_size, pack_header, wrapped_keys_of
+from .envelope import (
+    COMMITMENT_SIZE,
+    V1,
+    V2,
+    header_end,
+    header_size,
+    pack_header,
+    pack_v1,
+    wrapped_keys_of,
+)
 from .errors import (
     ConfigurationError,
     DecryptionError,
@@ -46,7 +55,11 @@ __all__ = [
 # byte, then the context; v1 left the wrapped keys unauthenticated.
 _V1_AAD_PREFIX = bytes((V1,))
 
-CommitmentPolicy = Literal["require_encrypt_allow_decrypt", "require_encrypt_require_decrypt"]
+CommitmentPolicy = Literal[
+    "require_encrypt_allow_decrypt",
+    "require_encrypt_require_decrypt",
+    "forbid_encrypt_allow_decrypt",
+]
 COMMITMENT_POLICIES: tuple[CommitmentPolicy, ...] = get_args(CommitmentPolicy)
 
 log = logging.getLogger("sqla_envelope")
@@ -69,7 +82,9 @@ class Encryptor:
     SDK does, what is read: ``"require_encrypt_allow_decrypt"`` (the default)
     still reads v1 values written before commitment existed;
     ``"require_encrypt_require_decrypt"`` refuses them with DecryptionError, for
-    once ``rewrap`` has moved every value to v2 (docs/format.md).
+    once ``rewrap`` has moved every value to v2 (docs/format.md);
+    ``"forbid_encrypt_allow_decrypt"`` reads both and still writes v1, for a
+    rolling upgrade while processes of a version that cannot read v2 run.
 
     Threads that miss on the same data key at once make one keyring call: one of
     them unwraps, the others wait for it, each for at most ``unwrap_timeout``
@@ -109,7 +124,8 @@ class Encryptor:
         if commitment_policy not in COMMITMENT_POLICIES:
             raise ConfigurationError(f"commitment_policy must be one of {COMMITMENT_POLICIES}")
         self.commitment_policy = commitment_policy
-        self._reads_v1 = commitment_policy == "require_encrypt_allow_decrypt"
+        self._reads_v1 = commitment_policy != "require_encrypt_require_decrypt"
+        self._writes_v1 = commitment_policy == "forbid_encrypt_allow_decrypt"
         if not 0 < unwrap_timeout <= threading.TIMEOUT_MAX:
             raise ConfigurationError("unwrap_timeout must be a positive number of seconds")
         self.keyring = keyring
@@ -314,8 +330,11 @@ class Encryptor:
         started = perf_counter() if self._listeners else 0.0
         try:
             data_key = self.keyring.generate_data_key(context)
-            # refuses a key of the wrong size
-            cipher, commitment = new_committed_cipher(data_key.plaintext)
+            # both refuse a key of the wrong size
+            if self._writes_v1:
+                cipher, commitment = data_key_cipher(data_key.plaintext), b""
+            else:
+                cipher, commitment = new_committed_cipher(data_key.plaintext)
         except Exception as exc:
             if self._listeners:
                 self._emit("wrap", context, "", False, started, exc)
@@ -324,9 +343,17 @@ class Encryptor:
             raise keyring_failure(self.keyring, "generate a data key", exc) from exc
         if self._listeners:
             self._emit("wrap", context, data_key.wrapped_keys[0].key_ref, False, started)
-        header = pack_header(data_key.wrapped_keys, commitment)
         nonce = random_bytes(NONCE_SIZE)
+        if not commitment:  # forbid_encrypt_allow_decrypt: v1, for readers not upgraded yet
+            sealed = cipher.encrypt(nonce, plaintext, _V1_AAD_PREFIX + context.canonical)
+            return pack_v1(data_key.wrapped_keys, nonce, sealed)
+        header = pack_header(data_key.wrapped_keys, commitment)
         return header + nonce + cipher.encrypt(nonce, plaintext, header + context.canonical)
+
+    @property
+    def format_version(self) -> int:
+        """The envelope format this Encryptor writes: 2, or 1 under forbid_encrypt_allow_decrypt."""
+        return V1 if self._writes_v1 else V2
 
     def open(self, envelope: bytes, context: EncryptionContext) -> bytes:
         """``decrypt`` for a context already in canonical form (what columns use)."""

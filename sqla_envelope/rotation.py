@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .context import EncryptionContext
 from .encryptor import Encryptor, get_default_encryptor
-from .envelope import FORMAT_VERSION, header_end, wrapped_keys_of
+from .envelope import header_end, wrapped_keys_of
 from .errors import ConfigurationError, DecryptionError, MalformedEnvelopeError
 from .keyrings.base import Keyring, call_keyring
 from .schema_binding import translation_of
@@ -92,7 +92,7 @@ def rewrap_column(
             return SKIP
         raw = load(stored)
         end = header_end(raw)  # raises for what is not an envelope
-        if raw[0] == FORMAT_VERSION:
+        if raw[0] == target.format_version:
             first = wrapped_keys_of(raw, end)[0]
             if call_keyring(keyring, "check a key", keyring.is_primary, first):
                 return SKIP

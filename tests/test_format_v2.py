@@ -179,7 +179,7 @@ def test_the_strict_policy_still_reads_v2_and_unknown_policies_are_refused() -> 
     default = Encryptor(keyring)
     assert default.reading_v1() is default
     with pytest.raises(ConfigurationError):
-        Encryptor(keyring, commitment_policy="forbid_encrypt_allow_decrypt")  # type: ignore[arg-type]
+        Encryptor(keyring, commitment_policy="allow_everything")  # type: ignore[arg-type]
 
 
 def _v1_table(engine: sa.Engine, metadata: sa.MetaData) -> tuple[sa.Table, LocalKeyring, bytes]:
@@ -233,3 +233,44 @@ def test_wrapped_key_repr_of_a_v2_envelope_hides_the_commitment() -> None:
     parsed = unpack_envelope(Encryptor(LocalKeyring.generate()).encrypt(b"x", CONTEXT))
     assert parsed.commitment.hex() not in repr(parsed)
     assert isinstance(parsed.wrapped_keys[0], WrappedKey)
+
+
+# -- a rolling upgrade: forbid_encrypt_allow_decrypt -------------------------------------
+
+
+def test_forbid_encrypt_writes_v1_that_a_v1_only_reader_opens_and_reads_both() -> None:
+    # While processes that cannot read v2 still run, new ones write v1.
+    keyring = LocalKeyring({"k1": b"\x01" * 32})
+    rolling = Encryptor(keyring, commitment_policy="forbid_encrypt_allow_decrypt")
+    assert rolling.format_version == 1 and Encryptor(keyring).format_version == 2
+    envelope = rolling.encrypt(b"PAY ALICE $100", CONTEXT)
+    parsed = unpack_envelope(envelope)
+    assert parsed.version == 1 and parsed.commitment == b""
+    # What a v1-only reader does (docs/format.md, v1): unwrap, then AES-GCM with the
+    # data key itself and the associated data 0x01 || canonical context.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from sqla_envelope.context import EncryptionContext
+
+    canonical = EncryptionContext(CONTEXT)
+    data_key = keyring.unwrap_data_key(parsed.wrapped_keys, canonical)
+    aad = b"\x01" + canonical.canonical
+    assert AESGCM(data_key).decrypt(parsed.nonce, parsed.sealed, aad) == b"PAY ALICE $100"
+    assert rolling.decrypt(envelope, CONTEXT) == b"PAY ALICE $100"
+    v2 = Encryptor(keyring).encrypt(b"x", CONTEXT)
+    assert rolling.decrypt(v2, CONTEXT) == b"x"
+
+
+def test_rewrap_under_forbid_encrypt_writes_v1_and_is_idempotent(
+    engine: sa.Engine, metadata: sa.MetaData
+) -> None:
+    table, keyring, _ = _v1_table(engine, metadata)
+    sqla_envelope.configure(Encryptor(keyring))
+    new_keys = keyring.with_new_primary("k-next")
+    rolling = Encryptor(new_keys, commitment_policy="forbid_encrypt_allow_decrypt")
+    assert rewrap(engine, table.c.ssn, rolling) == 1
+    assert _stored(engine)[0] == 1
+    assert rewrap(engine, table.c.ssn, rolling) == 0  # v1 under the primary: what it writes
+    sqla_envelope.configure(Encryptor(new_keys))  # every process upgraded: v2 from now on
+    assert rewrap(engine, table.c.ssn, new_keys) == 1
+    assert _stored(engine)[0] == 2
