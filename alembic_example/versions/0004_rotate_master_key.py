@@ -4,8 +4,8 @@
    values not yet rewrapped still decrypt). The file is written before any value
    depends on the new key, and the previous primary is recorded in a sidecar,
    ``<key file stem>.rotations.json``, for the downgrade.
-2. rewrap() each encrypted column: only the wrapped data key in each envelope
-   changes, the ciphertext does not; values already under the new key are skipped.
+2. rewrap() each encrypted column: each value is sealed again under a fresh data
+   key wrapped by the new key; values already under it (in format v2) are skipped.
 
 The downgrade rewraps back to the previous primary and makes it the primary again.
 The key this migration added stays in the key file (harmless, and nothing is lost
