@@ -116,19 +116,20 @@ class Encryptor:
             raise ConfigurationError("unwrap_timeout must be a positive number of seconds")
         self.keyring = keyring
         self.unwrap_timeout = unwrap_timeout
-        # Under SQLAlchemy's asyncio, keyring calls that wait on a network run off
-        # the event loop (offload.py), as decided here. A keyring that unwraps
-        # remotely (KMS direct mode) waits on it for every value: all its calls
-        # move. One that only plans its unwraps (bounded reuse) works locally but
-        # once per wrapping key, and a thread hop would cost more than its calls:
-        # only its per-statement calls move (reserve, unwrap_all). A local keyring
-        # stays inline.
-        per_value = bool(getattr(keyring, "unwraps_remotely", False))
-        self._batches_off_loop = per_value or hasattr(keyring, "plan_unwraps")
+        # Under SQLAlchemy's asyncio, keyring calls that may wait on a network run
+        # off the event loop (offload.py), as decided here: every call of a keyring
+        # that reaches one (KmsKeyring), but the per-value unwraps of one that
+        # unwraps locally (bounded reuse): those need KMS only for a new wrapping
+        # key, which a result's unwrap_all asks for, off the loop, and a thread hop
+        # would cost more than they do. A local keyring stays inline.
+        remote_unwraps = bool(getattr(keyring, "unwraps_remotely", False))
+        self._remote = remote_unwraps or hasattr(keyring, "plan_unwraps")
         self._generate_data_key = (
-            partial(off_loop, keyring.generate_data_key) if per_value else keyring.generate_data_key
+            partial(off_loop, keyring.generate_data_key)
+            if self._remote
+            else keyring.generate_data_key
         )
-        self._cache: KeyCache[Any] = (OffLoopKeyCache if per_value else KeyCache)(
+        self._cache: KeyCache[Any] = (OffLoopKeyCache if remote_unwraps else KeyCache)(
             cache_size, cache_ttl, wait_timeout=unwrap_timeout, clock=clock
         )
         # Keyring calls, counted with itertools.count: next() is atomic under the
@@ -138,7 +139,7 @@ class Encryptor:
         self.max_workers = max_workers
         # Unwrap a query's keys concurrently by default only where unwrapping waits
         # on a network (KMS); a local keyring is CPU-bound and gains nothing.
-        self.prefetch = self._batches_off_loop if prefetch is None else prefetch
+        self.prefetch = self._remote if prefetch is None else prefetch
         self._listeners: tuple[Listener, ...] = tuple(listeners)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
@@ -225,7 +226,7 @@ class Encryptor:
         reserve = getattr(self.keyring, "reserve_data_keys", None)
         if reserve is not None and count > 1:
             # off the loop: bounded reuse waits here for the wrapping keys it generates
-            call = off_loop if self._batches_off_loop else _inline
+            call = off_loop if self._remote else _inline
             call(reserve, EncryptionContext.of(context), count)
 
     def unwrap_all(
@@ -252,7 +253,7 @@ class Encryptor:
             return 0  # nothing would be kept for the decrypts that follow
         # filter(None, ...) drops NULLs (and empty values, which decrypt() reports).
         present: Iterable[bytes] = filter(None, envelopes)
-        if self._batches_off_loop and in_async_greenlet():
+        if self._remote and in_async_greenlet():
             # An async driver has buffered the rows: listing them loses no overlap,
             # and the scan, its requests and the waits for them leave the loop.
             return off_loop(self._unwrap_scan, list(present), ctx)

@@ -184,10 +184,10 @@ class TestOffTheLoop:
         assert sends.operations() == {"GenerateDataKey", "Decrypt", "DescribeKey"}
         assert loop_thread not in sends.threads()
 
-    def test_bounded_reuse_requests_of_statements_run_off_the_loop(
+    def test_bounded_reuse_requests_never_run_on_the_event_loop_thread(
         self, url: sa.URL, kms: Kms, sends: Sends
     ) -> None:
-        """A batch's wrapping keys and a result's: per statement, off the loop."""
+        """New wrapping keys, for a batch or one value, and a result's: off the loop."""
         encryptor = _configure(kms.keyring(mode="bounded_reuse", max_rows=2))
 
         async def scenario() -> int:
@@ -198,14 +198,17 @@ class TestOffTheLoop:
                 encryptor.clear_cache()
                 async with AsyncSession(engine) as session:
                     assert len(await _national_ids(session)) == 6  # three wrapping keys
-                encryptor.clear_cache()
+                encryptor.clear_cache()  # forgets the wrapping keys, for writing too
                 async with AsyncSession(engine) as session:
                     ada = await session.get(Patient, 1)  # one wrapping key
-                    assert ada is not None and ada.national_id == "N00000001"
+                    assert ada is not None
+                    assert ada.national_id == "N00000001"
+                    session.add(Patient(id=7, name="Bo", national_id="B7"))
+                    await session.commit()  # a new wrapping key for one value
             return threading.get_ident()
 
         loop_thread = asyncio.run(scenario())
-        assert sorted(op for op, _ in sends.sent) == ["Decrypt"] * 4 + ["GenerateDataKey"] * 3
+        assert sorted(op for op, _ in sends.sent) == ["Decrypt"] * 4 + ["GenerateDataKey"] * 4
         assert loop_thread not in sends.threads()
 
     def test_the_loop_serves_other_tasks_while_a_kms_request_is_held(
