@@ -10,6 +10,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from time import perf_counter
 from typing import Any, Literal, get_args
 
@@ -41,6 +42,7 @@ from .errors import (
     MalformedEnvelopeError,
 )
 from .keyrings.base import Keyring, keyring_failure
+from .offload import OffLoopKeyCache, in_async_greenlet, off_loop
 
 __all__ = [
     "COMMITMENT_POLICIES",
@@ -130,7 +132,20 @@ class Encryptor:
             raise ConfigurationError("unwrap_timeout must be a positive number of seconds")
         self.keyring = keyring
         self.unwrap_timeout = unwrap_timeout
-        self._cache: KeyCache[Any] = KeyCache(
+        # Under SQLAlchemy's asyncio, keyring calls that may wait on a network run
+        # off the event loop (offload.py), as decided here: every call of a keyring
+        # that reaches one (KmsKeyring), but the per-value unwraps of one that
+        # unwraps locally (bounded reuse): those need KMS only for a new wrapping
+        # key, which a result's unwrap_all asks for, off the loop, and a thread hop
+        # would cost more than they do. A local keyring stays inline.
+        remote_unwraps = bool(getattr(keyring, "unwraps_remotely", False))
+        self._remote = remote_unwraps or hasattr(keyring, "plan_unwraps")
+        self._generate_data_key = (
+            partial(off_loop, keyring.generate_data_key)
+            if self._remote
+            else keyring.generate_data_key
+        )
+        self._cache: KeyCache[Any] = (OffLoopKeyCache if remote_unwraps else KeyCache)(
             cache_size, cache_ttl, wait_timeout=unwrap_timeout, clock=clock
         )
         # Keyring calls, counted with itertools.count: next() is atomic under the
@@ -140,8 +155,7 @@ class Encryptor:
         self.max_workers = max_workers
         # Unwrap a query's keys concurrently by default only where unwrapping waits
         # on a network (KMS); a local keyring is CPU-bound and gains nothing.
-        remote = getattr(keyring, "unwraps_remotely", False) or hasattr(keyring, "plan_unwraps")
-        self.prefetch = bool(remote) if prefetch is None else prefetch
+        self.prefetch = self._remote if prefetch is None else prefetch
         self._listeners: tuple[Listener, ...] = tuple(listeners)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
@@ -227,7 +241,9 @@ class Encryptor:
         """
         reserve = getattr(self.keyring, "reserve_data_keys", None)
         if reserve is not None and count > 1:
-            reserve(EncryptionContext.of(context), count)
+            # off the loop: bounded reuse waits here for the wrapping keys it generates
+            call = off_loop if self._remote else _inline
+            call(reserve, EncryptionContext.of(context), count)
 
     def unwrap_all(
         self, envelopes: Iterable[bytes | None], context: Mapping[str, str] | None
@@ -253,6 +269,14 @@ class Encryptor:
             return 0  # nothing would be kept for the decrypts that follow
         # filter(None, ...) drops NULLs (and empty values, which decrypt() reports).
         present: Iterable[bytes] = filter(None, envelopes)
+        if self._remote and in_async_greenlet():
+            # An async driver has buffered the rows: listing them loses no overlap,
+            # and the scan, its requests and the waits for them leave the loop.
+            return off_loop(self._unwrap_scan, list(present), ctx)
+        return self._unwrap_scan(present, ctx)
+
+    def _unwrap_scan(self, present: Iterable[bytes], ctx: EncryptionContext) -> int:
+        cache = self._cache
         plan = getattr(self.keyring, "plan_unwraps", None)
         candidates = plan(present, ctx) if plan is not None else _framed(present)
         batch = _Batch()
@@ -329,7 +353,7 @@ class Encryptor:
         next(self._wraps)
         started = perf_counter() if self._listeners else 0.0
         try:
-            data_key = self.keyring.generate_data_key(context)
+            data_key = self._generate_data_key(context)
             # both refuse a key of the wrong size
             if self._writes_v1:
                 cipher, commitment = data_key_cipher(data_key.plaintext), b""
@@ -445,6 +469,10 @@ class _Batch:
 
     def __init__(self) -> None:
         self.failed = False
+
+
+def _inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 def _framed(envelopes: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
