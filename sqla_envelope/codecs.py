@@ -12,6 +12,7 @@ import datetime as dt
 import decimal
 import enum
 import json
+import math
 import struct
 import uuid
 from collections.abc import Callable
@@ -113,7 +114,7 @@ def _json_codec(_: sqltypes.TypeEngine[Any]) -> Codec:
     def encode(value: object) -> bytes:
         try:
             return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidValueError(
                 f"value is not JSON serializable: {type(exc).__name__}"
             ) from None
@@ -121,7 +122,7 @@ def _json_codec(_: sqltypes.TypeEngine[Any]) -> Codec:
     def decode(data: bytes) -> Any:
         try:
             return json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _corrupt("JSON") from None
 
     return Codec("JSON", encode, decode)
@@ -159,18 +160,28 @@ def _numeric_codec(type_: sqltypes.TypeEngine[Any]) -> Codec:
     def encode(value: object) -> bytes:
         # str(Decimal) keeps every digit and the exponent, so Decimal("1.50")
         # comes back as Decimal("1.50"), not 1.5.
-        if isinstance(value, decimal.Decimal):
-            return str(value).encode("ascii")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(decimal.Decimal(str(value))).encode("ascii")
-        raise _wrong_type("Decimal", value)
+            value = decimal.Decimal(str(value))
+        elif not isinstance(value, decimal.Decimal):
+            raise _wrong_type("Decimal", value)
+        # A value is refused here rather than stored to fail every later read:
+        # a signaling NaN raises as soon as it is used (float() of it, any
+        # arithmetic), and a finite Decimal past float's range would come back
+        # as infinity from a column that reads floats.
+        if value.is_snan():
+            raise InvalidValueError("a signaling NaN cannot be stored: it raises when read")
+        if not as_decimal and value.is_finite() and math.isinf(float(value)):
+            raise InvalidValueError(
+                "Decimal out of the float range of a Numeric(asdecimal=False) column"
+            )
+        return str(value).encode("ascii")
 
     def decode(data: bytes) -> decimal.Decimal | float:
         try:
             number = decimal.Decimal(data.decode("ascii"))
-        except (UnicodeDecodeError, decimal.InvalidOperation):
+            return number if as_decimal else float(number)
+        except (UnicodeDecodeError, ArithmeticError, ValueError):  # ValueError: float(sNaN)
             raise _corrupt("decimal") from None
-        return number if as_decimal else float(number)
 
     return Codec("Numeric", encode, decode)
 

@@ -150,3 +150,135 @@ def test_values_round_trip_through_each_database(
         assert tuple(row) == (text, document, number, ident)
     finally:
         md.drop_all(engine)
+
+
+# -- what is accepted reads back: every logical type, through every database ------------
+
+# Values a column may be handed, beyond the well-behaved ones above: NaNs (quiet and
+# signaling), infinities, Decimals past float's range, floats in Numeric columns.
+WILD: list[tuple[str, Any, st.SearchStrategy[Any]]] = [
+    ("Numeric", sa.Numeric(), st.decimals() | st.floats()),
+    ("Numeric-float", sa.Numeric(asdecimal=False), st.decimals() | st.floats()),
+    ("Float", sa.Float(), st.floats() | st.decimals()),
+    ("Float-decimal", sa.Float(asdecimal=True), st.floats() | st.decimals()),
+    ("JSON", sa.JSON(), json_values | st.floats()),
+]
+
+
+def _read_back(written: Any, read: Any, logical: Any) -> bool:
+    """Whether ``read`` is what a plaintext column of ``logical`` gives back for ``written``."""
+    if isinstance(logical, sa.JSON):
+        return _same(written, read) or written == read
+    if isinstance(logical, sa.Float) or not logical.asdecimal:  # a column of floats
+        expected = float(written)
+        got = float(read)  # Float(asdecimal=True) gives the float as a Decimal
+        return math.isnan(got) if math.isnan(expected) else got == expected
+    expected_decimal = Decimal(str(written)) if isinstance(written, float) else written
+    if expected_decimal.is_nan():
+        return isinstance(read, Decimal) and read.is_nan()
+    return _same(expected_decimal, read)
+
+
+@pytest.mark.parametrize(
+    ("logical", "values"), [(t, s) for _, t, s in WILD], ids=[n for n, _, _ in WILD]
+)
+def test_a_value_either_is_refused_when_written_or_reads_back(
+    logical: Any, values: st.SearchStrategy[Any]
+) -> None:
+    # Issue 12, finding 4: Decimal("sNaN") was accepted by Numeric(asdecimal=False)
+    # and every later read of the row raised a bare ValueError.
+    from sqla_envelope import InvalidValueError
+
+    column_type = EncryptedType(logical, ENCRYPTOR, context={"table": "t", "column": "c"})
+    bind = column_type.bind_processor(DIALECT)
+    result = column_type.result_processor(DIALECT, None)
+
+    @settings(max_examples=400, deadline=None)
+    @given(values)
+    def check(value: Any) -> None:
+        try:
+            stored = bind(value)
+        except InvalidValueError:
+            return  # refused, and nothing to store
+        if stored is None:
+            return
+        assert _read_back(value, result(stored), logical)
+
+    check()
+
+
+@pytest.mark.parametrize(
+    "logical", [t for _, t, _ in STRATEGIES], ids=[n for n, _, _ in STRATEGIES]
+)
+def test_every_logical_type_round_trips_through_each_database(
+    engine: sa.Engine, logical: Any
+) -> None:
+    md = sa.MetaData()
+    table = sa.Table(
+        "property_types",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("v", EncryptedType(logical, ENCRYPTOR)),
+    )
+    md.create_all(engine)
+    strategy = dict((id(t), s) for _, t, s in STRATEGIES)[id(logical)]
+    try:
+
+        @settings(
+            max_examples=8,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture],
+        )
+        @given(st.lists(strategy, min_size=1, max_size=6))
+        def check(values: list[Any]) -> None:
+            rows = [{"id": i, "v": v} for i, v in enumerate(values)]
+            with engine.begin() as conn:
+                conn.execute(table.delete())
+                conn.execute(table.insert(), rows)
+            with engine.connect() as conn:
+                read = dict(conn.execute(sa.select(table.c.id, table.c.v)).all())
+            for row in rows:
+                if row["v"] is None:  # a top-level JSON null is SQL NULL
+                    assert read[row["id"]] is None
+                else:
+                    assert _same(read[row["id"]], row["v"]), (row["v"], read[row["id"]])
+
+        check()
+    finally:
+        md.drop_all(engine)
+
+
+def test_a_stored_signaling_nan_raises_decryption_error_and_verify_goes_on(
+    engine: sa.Engine,
+) -> None:
+    # What e16c428 let in: an envelope whose plaintext is "sNaN" in a
+    # Numeric(asdecimal=False) column. Reading it must fail as a DecryptionError,
+    # and verify must report the row and examine the others.
+    import sqla_envelope
+    from sqla_envelope import DecryptionError, InvalidValueError
+    from sqla_envelope.rotation import verify
+
+    md = sa.MetaData()
+    table = sa.Table(
+        "property_snan",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("amount", EncryptedType(sa.Numeric(asdecimal=False))),
+    )
+    md.create_all(engine)
+    sqla_envelope.configure(ENCRYPTOR)
+    try:
+        with pytest.raises(InvalidValueError, match="signaling NaN"), engine.begin() as conn:
+            conn.execute(table.insert().values(id=1, amount=Decimal("sNaN")))
+        context = table.c.amount.type.encryption_context()
+        raw = sa.table("property_snan", sa.column("id"), sa.column("amount", sa.LargeBinary))
+        with engine.begin() as conn:
+            conn.execute(table.insert(), [{"id": 1, "amount": 1.5}, {"id": 3, "amount": 2.5}])
+            conn.execute(raw.insert().values(id=2, amount=ENCRYPTOR.encrypt(b"sNaN", context)))
+        with engine.connect() as conn, pytest.raises(DecryptionError, match="decimal"):
+            conn.execute(sa.select(table.c.amount).where(table.c.id == 2)).scalar_one()
+        report = verify(engine, table.c.amount)
+        assert report.examined == 3
+        assert [key for key, _ in report.failures] == [(2,)]
+    finally:
+        md.drop_all(engine)
