@@ -93,9 +93,10 @@ class Encryptor:
     seconds, then raise KeyringError (the unwrap itself is not interrupted, and
     its key is cached when it ends). The bound is there for a keyring that
     hangs; a slow one should not meet it. With its default retries and
-    timeouts, a KmsKeyring request gives up after about 24 seconds (3 attempts
-    of 2 + 5 seconds, plus backoff), so the default of 60 seconds covers a
-    failover to a second region's copy; raise it with those settings.
+    timeouts, a KmsKeyring request gives up within about 17 seconds (its
+    10-second retry budget, then one more attempt of up to 2 + 5 seconds), so
+    the default of 60 seconds covers a failover to a second region's copy;
+    raise it with those settings.
 
     Fork-safe: a child process (gunicorn or uWSGI with the app preloaded,
     multiprocessing) starts with the parent's cached keys but none of its unwraps

@@ -314,11 +314,24 @@ def _execute_hiding_values(conn: Any, statement: Any, params: list[dict[str, Any
 def _apply(
     transform: Transform, rows: list[tuple[Any, ...]], pool: ThreadPoolExecutor | None
 ) -> list[Any]:
+    """Each row's outcome: what ``transform`` returned, or the row's own error.
+
+    Any other error (a keyring that denies, a service down) stops the batch: rows
+    not yet started on the pool's threads are not transformed, so a permanent KMS
+    error costs the requests already in flight, not one per row of the batch.
+    """
+    stopped: list[BaseException] = []
+
     def safe(row: tuple[Any, ...]) -> Any:
+        if stopped:
+            return SKIP  # never used: the batch raises the first error
         try:
             return transform(row)
         except _ROW_ERRORS as exc:
             return exc
+        except BaseException as exc:
+            stopped.append(exc)
+            raise
 
     if pool is None:
         return [safe(row) for row in rows]

@@ -105,6 +105,8 @@ class Recorder:
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     sends: list[str] = field(default_factory=list)
     failures: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # How many more answers of an operation fail; absent: every one.
+    remaining: dict[str, int] = field(default_factory=dict)
 
     def operations(self) -> list[str]:
         return [name for name, _ in self.calls]
@@ -116,13 +118,18 @@ class Recorder:
         self.calls.clear()
         self.sends.clear()
 
-    def fail(self, operation: str, code: str, status: int = 400) -> None:
-        """Answer every ``operation`` request with a real KMS JSON 1.1 error response.
+    def fail(self, operation: str, code: str, status: int = 400, times: int | None = None) -> None:
+        """Answer ``operation`` requests with a real KMS JSON 1.1 error response.
 
-        The answer replaces the HTTP exchange after botocore has built and signed
-        the request; botocore then parses and retries it as it would AWS's answer.
+        Every one, or the next ``times`` ones. The answer replaces the HTTP
+        exchange after botocore has built and signed the request; botocore then
+        parses it as it would AWS's answer.
         """
         self.failures[operation] = (code, status)
+        if times is None:
+            self.remaining.pop(operation, None)
+        else:
+            self.remaining[operation] = times
 
     def on_params(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         self.calls.append((model.name, dict(params)))
@@ -133,6 +140,10 @@ class Recorder:
         self.sends.append(operation)
         if operation not in self.failures:
             return None
+        if operation in self.remaining:
+            self.remaining[operation] -= 1
+            if self.remaining[operation] < 0:
+                return None
         code, status = self.failures[operation]
         body = json.dumps({"__type": code, "message": f"injected {code}"}).encode()
         headers: Any = {

@@ -2,13 +2,64 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+
 from ..errors import DecryptionError, EnvelopeError, KeyringError
 
-__all__ = ["kms_failure"]
+__all__ = ["backoff", "is_transient", "kms_failure"]
 
 # KMS's ways of saying "this ciphertext is not for this key or context": the
 # value cannot be decrypted, which is not an outage.
 NOT_FOR_THIS_KEY = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
+# Answers that mean "not now": worth another attempt after a pause. Everything
+# else (denied, disabled, not found, invalid state, bad grant, bad credentials)
+# stays the same however often it is asked, and is raised at once.
+_TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "LimitExceededException",
+        "KMSInternalException",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "DependencyTimeoutException",
+        "KeyUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+# botocore's connection and timeout errors, by class name: this module never
+# imports botocore. (EndpointConnectionError and ConnectTimeoutError derive from
+# its ConnectionError, ReadTimeoutError and ConnectionClosedError from
+# HTTPClientError.)
+_TRANSIENT_CLASSES = frozenset({"ConnectionError", "HTTPClientError", "TimeoutError"})
+_BACKOFF_BASE = 0.05
+_BACKOFF_CAP = 2.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed KMS call may succeed if made again: throttled, 5xx, unreachable."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error")
+        code = str(error.get("Code") or "") if isinstance(error, dict) else ""
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
+        return code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500)
+    return any(cls.__name__ in _TRANSIENT_CLASSES for cls in type(exc).__mro__)
+
+
+def backoff(attempt: int, uniform: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential backoff with full jitter.
+
+    As AWS's Architecture Blog, "Exponential Backoff And Jitter" (2015), advises:
+    a uniform draw between 0 and min(cap, base * 2**attempt), so that many clients
+    throttled together do not come back together.
+    """
+    return uniform(0.0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
 
 
 def kms_failure(exc: Exception, operation: str, key_id: str) -> EnvelopeError:

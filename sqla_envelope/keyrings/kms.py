@@ -15,7 +15,7 @@ from ..envelope import WrappedKey, copies_end, header_end, wrapped_keys_of
 from ..errors import ConfigurationError, DecryptionError, KeyringError, MalformedEnvelopeError
 from ._kms_blob import direct_blob, is_reuse, parse_blob, reuse_blob
 from ._kms_clients import KmsClients, RetryMode, is_key_arn
-from ._kms_errors import kms_failure
+from ._kms_errors import backoff, is_transient, kms_failure
 from ._kms_logging import redact_plaintext_in_botocore_logs
 from ._kms_pool import DataKeyPool
 from ._kms_reuse import ReuseKeys, WrappingKey
@@ -55,11 +55,18 @@ class KmsKeyring:
     ``session`` (a ``boto3.Session``, for a profile) builds the others, with
     ``endpoint_url`` (a VPC endpoint, a test server) and a botocore ``Config``:
 
-    - ``max_attempts=3``: attempts per request, the first included, with botocore's
-      ``retry_mode="standard"`` backoff (throttling and 5xx are retried);
+    - ``max_attempts=8`` and ``retry_budget=10.0``: a request that fails for a
+      passing reason (throttled, a 5xx answer, a timeout or a refused connection)
+      is made again after an exponential backoff with full jitter, up to
+      ``max_attempts`` attempts in all, the first included, and no new attempt
+      starts ``retry_budget`` seconds after the first; on every path, writes,
+      reads and rotation alike. A permanent answer (denied, disabled, not found,
+      invalid state) is raised at once, with no further request. botocore itself
+      is set to one attempt, so its retries do not multiply these; ``retry_mode``
+      still chooses its client-side rate limiting (``"adaptive"``);
     - ``connect_timeout=2.0`` and ``read_timeout=5.0`` seconds: KMS answers in
-      milliseconds, so a call fails after about ``max_attempts * (connect_timeout +
-      read_timeout)`` seconds plus backoff rather than holding a database
+      milliseconds, so a call fails within about ``retry_budget +
+      connect_timeout + read_timeout`` seconds rather than holding a database
       transaction open for botocore's default minute;
     - ``max_pool_connections=32``: raise it above the number of threads sharing the
       keyring, or the extra ones open connections that are thrown away.
@@ -85,7 +92,8 @@ class KmsKeyring:
         grant_tokens: Sequence[str] = (),
         endpoint_url: str | None = None,
         session: Session | None = None,
-        max_attempts: int = 3,
+        max_attempts: int = 8,
+        retry_budget: float = 10.0,
         retry_mode: RetryMode = "standard",
         connect_timeout: float = 2.0,
         read_timeout: float = 5.0,
@@ -112,6 +120,10 @@ class KmsKeyring:
             raise ConfigurationError("max_rows must be >= 1 and max_age positive")
         if prefetch < 0 or prefetch_workers < 1:
             raise ConfigurationError("prefetch must be >= 0 and prefetch_workers >= 1")
+        if max_attempts < 1 or retry_budget < 0:
+            raise ConfigurationError("max_attempts must be >= 1 and retry_budget not negative")
+        self.max_attempts = max_attempts
+        self.retry_budget = float(retry_budget)
         self.key_id = key_id
         self.additional_key_ids = tuple(additional_key_ids)
         self.decrypt_key_ids = tuple(decrypt_key_ids)
@@ -123,7 +135,7 @@ class KmsKeyring:
             region_name=region_name,
             endpoint_url=endpoint_url,
             session=session,
-            max_attempts=max_attempts,
+            max_attempts=1,  # retried here, with the budget (see _request)
             retry_mode=retry_mode,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -416,13 +428,23 @@ class KmsKeyring:
     ) -> Any:
         """One KMS request, with the grant tokens; any failure as our error naming ``key_id``.
 
-        Sent by the client of ``client_for``'s region (by default ``key_id``'s).
+        Sent by the client of ``client_for``'s region (by default ``key_id``'s). A
+        transient failure is tried again within ``max_attempts`` and
+        ``retry_budget`` (class docstring); anything else is raised at once.
         """
         method = getattr(self._clients.for_key(client_for or key_id), _METHODS[operation])
-        try:
-            return method(**params, **self._grants)
-        except Exception as exc:
-            raise kms_failure(exc, operation, key_id).chain(exc) from exc
+        deadline = 0.0
+        for attempt in range(self.max_attempts):
+            try:
+                return method(**params, **self._grants)
+            except Exception as exc:
+                now = time.monotonic()
+                deadline = deadline or now + self.retry_budget
+                last = attempt + 1 >= self.max_attempts or now >= deadline
+                if last or not is_transient(exc):
+                    raise kms_failure(exc, operation, key_id).chain(exc) from exc
+            time.sleep(min(backoff(attempt), max(0.0, deadline - now)))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 _METHODS = {
