@@ -373,6 +373,27 @@ class EncryptedType(TypeDecorator[Any]):
         a statement is compiled.
         """
 
+    # -- SQLAlchemy's statement cache ------------------------------------------------
+
+    @property
+    def _static_cache_key(self) -> tuple[Any, ...]:
+        """Every option that changes what is stored or how it is read.
+
+        SQLAlchemy builds a type's cache key from the positional parameters of its
+        ``__init__`` only (``impl_type``, ``encryptor``): two statements whose types
+        differ in ``context=`` would share one compiled form and its processors,
+        and a value would be stored under the first one's context.
+        """
+        return (
+            EncryptedType,
+            self.impl_type._static_cache_key,
+            self.encryptor,  # pinned encryptors: compared by identity
+            self.context.canonical if self.context is not None else None,
+            self.storage,
+            self.allow_plaintext,
+            self.check_length,
+        )
+
     # -- rendering (Alembic autogenerate, logs) -------------------------------------
 
     def __repr__(self) -> str:

@@ -733,3 +733,34 @@ def test_a_binary_value_in_a_base64_column_is_named_as_such(
     with engine.connect() as conn, pytest.raises(MalformedEnvelopeError) as caught:
         conn.execute(sa.select(as_text.c.token)).scalar_one()
     assert "stored bytes, not base64 text" in str(caught.value)
+
+
+def test_two_contexts_never_share_compiled_processors(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    # Issue 18: the statement cache keyed EncryptedType by its impl type only, so
+    # the same SQL under context A then B reused A's processors, and a value
+    # meant for B was stored under A.
+    _secrets_table(metadata, sa.Column("ssn", sa.LargeBinary))
+    metadata.create_all(engine)
+    insert = sa.text("INSERT INTO secrets (id, ssn) VALUES (:id, :ssn)")
+    for row, label in ((1, "a"), (2, "b")):
+        typed = EncryptedType(sa.String, context={"label": label})
+        with engine.begin() as conn:
+            conn.execute(
+                insert.bindparams(sa.bindparam("ssn", type_=typed)), {"id": row, "ssn": f"v{label}"}
+            )
+    stored = {i: bytes(_raw(engine, "secrets", "ssn", i)) for i in (1, 2)}
+    assert encryptor.decrypt(stored[2], {"label": "b"}) == b"vb"
+    with pytest.raises(DecryptionError):
+        encryptor.decrypt(stored[2], {"label": "a"})
+    keys = {
+        EncryptedType(sa.String, context={"label": "a"})._static_cache_key,
+        EncryptedType(sa.String, context={"label": "b"})._static_cache_key,
+        EncryptedType(sa.String, storage="base64")._static_cache_key,
+        EncryptedType(sa.String, allow_plaintext=True)._static_cache_key,
+        EncryptedType(sa.String, check_length=False)._static_cache_key,
+        EncryptedType(sa.String)._static_cache_key,
+    }
+    assert len(keys) == 6
+    assert EncryptedType(sa.String)._static_cache_key == EncryptedType(sa.String)._static_cache_key
