@@ -10,6 +10,7 @@ They are refused when the table is declared, not discovered in production.
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Callable
 from typing import Any
 
@@ -34,8 +35,10 @@ def bounded_encoder(codec: Codec, logical: Any) -> Callable[[Any], bytes]:
     bytes, as the plaintext column would. InvalidValueError names the lengths,
     never the value. Other types, and types without a length, encode as they are.
     """
-    length = getattr(logical, "length", None)
     encode = codec.encode
+    if codec.name == "Numeric":
+        return _bounded_numeric(encode, logical)
+    length = getattr(logical, "length", None)
     if not length:
         return encode
     if codec.name == "String":
@@ -63,6 +66,41 @@ def bounded_encoder(codec: Codec, logical: Any) -> Callable[[Any], bytes]:
 
         return encode_bytes
     return encode
+
+
+def _bounded_numeric(encode: Callable[[Any], bytes], logical: Any) -> Callable[[Any], bytes]:
+    """``Numeric(precision, scale)``: refuse what the plaintext column would round or reject.
+
+    A plaintext ``NUMERIC(10, 2)`` rounds 1.234 to 1.23 (PostgreSQL) or refuses it;
+    an encrypted one would keep 1.234, a different value than the declaration
+    promises. Refused rather than rounded: a value is stored as written or not at
+    all. NaN and infinities are left to the codec.
+    """
+    precision, scale = logical.precision, logical.scale
+    if precision is None and scale is None:
+        return encode
+    places = scale or 0
+    whole_digits = None if precision is None else precision - places
+
+    def encode_numeric(value: Any) -> bytes:
+        data = encode(value)  # refuses what is not a number
+        number = decimal.Decimal(data.decode("ascii"))
+        if number.is_finite() and number != 0:
+            exponent = number.as_tuple().exponent
+            assert isinstance(exponent, int)  # finite: never "n", "N" or "F"
+            if -exponent > places and number != number.quantize(decimal.Decimal(1).scaleb(-places)):
+                raise InvalidValueError(
+                    f"a value with more than {places} decimal places does not fit the "
+                    f"declared Numeric({precision}, {scale})"
+                )
+            if whole_digits is not None and number.adjusted() + 1 > whole_digits:
+                raise InvalidValueError(
+                    f"a value with more than {whole_digits} digits before the point does "
+                    f"not fit the declared Numeric({precision}, {scale})"
+                )
+        return data
+
+    return encode_numeric
 
 
 def refuse_unique_or_index(column: Column[Any], label: str) -> None:

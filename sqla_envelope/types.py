@@ -53,11 +53,12 @@ class EncryptedType(TypeDecorator[Any]):
     is returned as plaintext instead of raising MalformedEnvelopeError. A value
     that is an envelope and fails to decrypt still raises. Writes always encrypt.
 
-    A declared length holds as it would on a plaintext column: a value longer
-    than ``String(n)`` characters or ``LargeBinary(n)`` bytes raises
-    InvalidValueError and nothing is stored. ``check_length=False`` lets longer
-    values through (legacy data a plaintext column on SQLite let in), bounded only
-    by what the column holds.
+    A declared size holds as it would on a plaintext column: a value longer than
+    ``String(n)`` characters or ``LargeBinary(n)`` bytes, or past a
+    ``Numeric(precision, scale)``, raises InvalidValueError and nothing is stored
+    (a plaintext NUMERIC would round it: refused rather than changed).
+    ``check_length=False`` lets such values through (legacy data a plaintext
+    column on SQLite let in), bounded only by what the column holds.
 
     SQL that compares or transforms the column (``==``, ``LIKE``, functions,
     ``CAST``, ``ORDER BY``, ...) raises UnsupportedComparisonError, while the

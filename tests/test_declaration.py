@@ -125,3 +125,20 @@ def test_a_unique_constraint_or_index_naming_an_encrypted_column_is_refused() ->
         sa.Index("ix_email", table.c.email)
     sa.Index("ix_plain", table.c.plain)  # plain columns keep their indexes
     assert sa.Column("n", EncryptedType(sa.String), nullable=False).nullable is False
+
+
+def test_numeric_precision_and_scale_hold_as_on_a_plaintext_column(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    # Issue 18: EncryptedType(Numeric(10, 2)) kept 1.234, which the plaintext
+    # column would round or refuse. Refused: a value is stored as written or not.
+    from decimal import Decimal
+
+    table = _table(metadata, EncryptedType(sa.Numeric(10, 2)))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": 1, "v": Decimal("12345678.99")}, {"id": 2, "v": 1.5}])
+    for value, match in ((Decimal("1.234"), "decimal places"), (Decimal("123456789"), "digits")):
+        with pytest.raises(InvalidValueError, match=match), engine.begin() as conn:
+            conn.execute(table.insert().values(id=3, v=value))
+    assert _stored(engine, table) == {1: Decimal("12345678.99"), 2: Decimal("1.5")}
