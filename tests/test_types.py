@@ -764,3 +764,43 @@ def test_two_contexts_never_share_compiled_processors(
     }
     assert len(keys) == 6
     assert EncryptedType(sa.String)._static_cache_key == EncryptedType(sa.String)._static_cache_key
+
+
+def test_orm_returning_and_null_checks_in_bulk_statements(
+    engine: sa.Engine, encryptor: Encryptor
+) -> None:
+    # Issue 18: insert().returning(Model) with a Python default on another column,
+    # update().returning(Model.secret) and delete().where(Model.secret.is_(None))
+    # raised before a statement was sent.
+    class Base(DeclarativeBase):
+        pass
+
+    class Note(Base):
+        __tablename__ = "returning_notes"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        secret: Mapped[str | None] = mapped_column(EncryptedType(sa.String(40)))
+        made_by: Mapped[str] = mapped_column(sa.String(20), default=lambda: "app")
+
+    Base.metadata.create_all(engine)
+    try:
+        with Session(engine) as session:
+            rows = [{"id": 1, "secret": "a"}, {"id": 2, "secret": None}]
+            if engine.dialect.insert_returning:
+                notes = session.scalars(sa.insert(Note).returning(Note), rows).all()
+                assert sorted((n.id, n.secret, n.made_by) for n in notes) == [
+                    (1, "a", "app"),
+                    (2, None, "app"),
+                ]
+            else:
+                session.execute(sa.insert(Note), rows)
+            if engine.dialect.update_returning:  # not MariaDB
+                changed = session.execute(
+                    sa.update(Note).where(Note.id == 1).values(secret="b").returning(Note.secret)
+                ).all()
+                assert [tuple(r) for r in changed] == [("b",)]
+            deleted = session.execute(sa.delete(Note).where(Note.secret.is_(None)))
+            assert deleted.rowcount == 1  # type: ignore[attr-defined]
+            session.commit()
+            assert session.scalars(sa.select(Note.id)).all() == [1]
+    finally:
+        Base.metadata.drop_all(engine)
