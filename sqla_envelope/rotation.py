@@ -98,8 +98,10 @@ def rewrap_column(
                 return SKIP
         # Format v2 authenticates the header, wrapped keys included, with the
         # value: new wrapped keys mean sealing the value again (and a v1 value
-        # moves to v2 on the way).
-        return store(target.seal(source.open(raw, context), context))
+        # moves to v2 on the way). A dry run checks that the value opens, and
+        # asks the target for no data key it would throw away.
+        plaintext = source.open(raw, context)
+        return stored if dry_run else store(target.seal(plaintext, context))
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
     return walk_column(

@@ -245,9 +245,11 @@ def test_dry_run_changes_nothing(
     engine: sa.Engine, people: sa.Table, old_keys: LocalKeyring
 ) -> None:
     before = _raw(engine, people)
-    report = rewrap_column(engine, people.c.ssn, old_keys.with_new_primary("new"), dry_run=True)
+    target = Encryptor(old_keys.with_new_primary("new"))
+    report = rewrap_column(engine, people.c.ssn, target, dry_run=True)
     assert report.changed == ROWS and report.dry_run
     assert _raw(engine, people) == before
+    assert target.stats()["wraps"] == 0  # no data key made only to be thrown away
 
 
 def test_shards_cover_every_row_once(
