@@ -201,7 +201,7 @@ def reencrypt(
             else:
                 return SKIP
             raise
-        return store(target.seal(plaintext, current))
+        return stored if dry_run else store(target.seal(plaintext, current))
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
     return walk_column(

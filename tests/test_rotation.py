@@ -250,6 +250,9 @@ def test_dry_run_changes_nothing(
     assert report.changed == ROWS and report.dry_run
     assert _raw(engine, people) == before
     assert target.stats()["wraps"] == 0  # no data key made only to be thrown away
+    again = reencrypt(engine, people.c.ssn, to=target, dry_run=True)
+    assert again.changed == ROWS and target.stats()["wraps"] == 0
+    assert _raw(engine, people) == before
 
 
 def test_shards_cover_every_row_once(
