@@ -92,7 +92,7 @@ def make_key_fixture(kms_endpoint: str, aws_env: None) -> Callable[..., Key]:
     return make
 
 
-@dataclass
+@dataclass(repr=False)
 class Recorder:
     """A boto3 Session whose clients record each KMS request and can be made to fail.
 
@@ -107,6 +107,11 @@ class Recorder:
     failures: dict[str, tuple[str, int]] = field(default_factory=dict)
     # How many more answers of an operation fail; absent: every one.
     remaining: dict[str, int] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # botocore's DEBUG log shows each hook as "<bound method ... of Recorder(...)>":
+        # the recorded parameters hold data keys (Encrypt's Plaintext).
+        return f"Recorder(<{len(self.calls)} calls>)"
 
     def operations(self) -> list[str]:
         return [name for name, _ in self.calls]
