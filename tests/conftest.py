@@ -17,6 +17,9 @@ from sqlalchemy.orm import DeclarativeBase
 import sqla_envelope
 from sqla_envelope import Encryptor, LocalKeyring
 
+# Every test's logs, error messages and reprs are searched for its plaintexts and keys.
+pytest_plugins = ("logscan",)
+
 POSTGRES_URL = os.environ.get(
     "SQLA_ENVELOPE_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
