@@ -149,6 +149,9 @@ class Encryptor:
         self._cache: KeyCache[Any] = (OffLoopKeyCache if remote_unwraps else KeyCache)(
             cache_size, cache_ttl, wait_timeout=unwrap_timeout, clock=clock
         )
+        # A keyring that unwraps in memory (LocalKeyring) is not worth a single
+        # flight on a miss: the flight's lock costs as much as the unwrap.
+        self._in_memory = bool(getattr(keyring, "unwraps_in_memory", False))
         # Keyring calls, counted with itertools.count: next() is atomic under the
         # GIL and costs a tenth of a lock on the per-value path.
         self._wraps = itertools.count()
@@ -391,7 +394,8 @@ class Encryptor:
         cache = self._cache
         cipher = cache.get(key)
         if cipher is None:
-            cipher = cache.load(key, self._unwrap, envelope, end, context)
+            load = cache.load_alone if self._in_memory else cache.load
+            cipher = load(key, self._unwrap, envelope, end, context)
         elif self._listeners:
             self._emit("unwrap", context, _first_key_ref(envelope), True, 0.0)
         return open_sealed(

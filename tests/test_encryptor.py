@@ -35,7 +35,12 @@ class FakeClock:
 
 
 class CountingKeyring(LocalKeyring):
-    """A LocalKeyring that counts unwraps and can be slowed down or broken."""
+    """A LocalKeyring that counts unwraps and can be slowed down or broken.
+
+    It may wait, as a key service does: the Encryptor must share its unwraps.
+    """
+
+    unwraps_in_memory = False
 
     def __init__(self, *args: Any, delay: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -175,6 +180,31 @@ def test_concurrent_misses_on_one_key_make_one_keyring_call() -> None:
     assert results == [b"shared"] * 16
     assert keyring.unwrap_calls == 1
     assert enc.stats()["unwraps"] == 1
+
+
+def test_concurrent_misses_under_a_local_keyring_each_unwrap_and_cache_once() -> None:
+    keyring = LocalKeyring.generate()
+    enc = Encryptor(keyring)
+    envelope = enc.encrypt(b"shared", CTX)
+    start = threading.Barrier(16)
+    results: list[bytes] = []
+
+    def reader() -> None:
+        start.wait()
+        for _ in range(50):
+            results.append(enc.decrypt(envelope, CTX))
+
+    threads = [threading.Thread(target=reader) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [b"shared"] * 800
+    stats = enc.stats()
+    assert stats["cached_keys"] == 1
+    # No single flight: threads that missed together each unwrapped, then all hit.
+    assert 1 <= stats["unwraps"] <= 16
+    assert stats["cache_hits"] + stats["cache_misses"] == 800
 
 
 def test_concurrent_misses_on_different_keys_load_in_parallel() -> None:
