@@ -162,6 +162,11 @@ class KeyCache(Generic[V]):
         next(self._misses)
         generation = self._generation
         value = load(*args)
+        self._keep(key, value, generation)
+        return value
+
+    def _keep(self, key: Hashable, value: V, generation: int) -> None:
+        """Cache a loaded value, unless a clear() since ``generation`` means "forget all"."""
         if generation == self._generation and self.maxsize > 0 and self.ttl > 0:
             entries = self._entries
             entries[key] = (self._clock() + self.ttl, value)
@@ -170,7 +175,6 @@ class KeyCache(Generic[V]):
                     entries.popitem(last=False)
                 except KeyError:  # emptied concurrently by clear()
                     break
-        return value
 
     def _lead(self, key: Hashable, flight: _Flight, load: Callable[..., V], args: Any) -> V:
         generation = self._generation
@@ -185,17 +189,9 @@ class KeyCache(Generic[V]):
             flight.lock.release()
             raise
         flight.value = value
-        # A clear() during the load means "forget everything now": keep nothing.
-        if generation == self._generation and self.maxsize > 0 and self.ttl > 0:
-            entries = self._entries
-            # Store before retiring the flight, so a caller arriving in between
-            # finds the value instead of starting a second load.
-            entries[key] = (self._clock() + self.ttl, value)
-            while len(entries) > self.maxsize:
-                try:
-                    entries.popitem(last=False)
-                except KeyError:  # emptied concurrently by clear()
-                    break
+        # Stored before the flight retires, so a caller arriving in between finds
+        # the value instead of starting a second load.
+        self._keep(key, value, generation)
         del self._flights[key]
         flight.lock.release()
         return value

@@ -161,23 +161,29 @@ def test_cache_can_be_disabled(settings: dict[str, float]) -> None:
     assert keyring.unwrap_calls == 3
 
 
-def test_concurrent_misses_on_one_key_make_one_keyring_call() -> None:
-    keyring = _keyring(delay=0.2)
-    enc = Encryptor(keyring)
-    envelope = enc.encrypt(b"shared", CTX)
-    start = threading.Barrier(16)
+def _read_together(enc: Encryptor, envelope: bytes, threads: int, reads: int) -> list[bytes]:
+    """Each of ``threads`` threads, released at once, decrypts ``envelope`` ``reads`` times."""
+    start = threading.Barrier(threads)
     results: list[bytes] = []
 
     def reader() -> None:
         start.wait()
-        results.append(enc.decrypt(envelope, CTX))
+        for _ in range(reads):
+            results.append(enc.decrypt(envelope, CTX))
 
-    threads = [threading.Thread(target=reader) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert results == [b"shared"] * 16
+    workers = [threading.Thread(target=reader) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return results
+
+
+def test_concurrent_misses_on_one_key_make_one_keyring_call() -> None:
+    keyring = _keyring(delay=0.2)
+    enc = Encryptor(keyring)
+    envelope = enc.encrypt(b"shared", CTX)
+    assert _read_together(enc, envelope, threads=16, reads=1) == [b"shared"] * 16
     assert keyring.unwrap_calls == 1
     assert enc.stats()["unwraps"] == 1
 
@@ -186,20 +192,7 @@ def test_concurrent_misses_under_a_local_keyring_each_unwrap_and_cache_once() ->
     keyring = LocalKeyring.generate()
     enc = Encryptor(keyring)
     envelope = enc.encrypt(b"shared", CTX)
-    start = threading.Barrier(16)
-    results: list[bytes] = []
-
-    def reader() -> None:
-        start.wait()
-        for _ in range(50):
-            results.append(enc.decrypt(envelope, CTX))
-
-    threads = [threading.Thread(target=reader) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert results == [b"shared"] * 800
+    assert _read_together(enc, envelope, threads=16, reads=50) == [b"shared"] * 800
     stats = enc.stats()
     assert stats["cached_keys"] == 1
     # No single flight: threads that missed together each unwrapped, then all hit.
