@@ -60,7 +60,7 @@ from sqlalchemy.dialects import sqlite
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqla_envelope import EncryptedType, EncryptionContext, Encryptor, LocalKeyring
-from sqla_envelope.aead import LocalKeyWrapper
+from sqla_envelope.aead import LocalKeyWrapper, committed_cipher, new_committed_cipher
 from sqla_envelope.cache import KeyCache
 from sqla_envelope.codecs import codec_for
 from sqla_envelope.envelope import header_size, pack, unpack, wrapped_keys_of
@@ -191,6 +191,10 @@ def run_round() -> None:
         "encode": codec.encode,
         "decode": codec.decode,
         "text": VALUE,
+        "new_committed_cipher": new_committed_cipher,
+        "committed_cipher": committed_cipher,
+        "commitment": new_committed_cipher(key)[1],
+        "gcm_wrapped": cipher.encrypt(nonce, key, None),
     }
 
     s = "crypto"
@@ -199,6 +203,10 @@ def run_round() -> None:
     record(s, "AESGCM(key) construction", best("AESGCM(key)", ns))
     record(s, "AESGCM.encrypt, 40 bytes", best("cipher.encrypt(nonce, plaintext, aad)", ns))
     record(s, "AESGCM.decrypt, 40 bytes", best("cipher.decrypt(nonce, sealed, aad)", ns))
+    record(s, "v2 key and commitment (SHA-512)", best("new_committed_cipher(key)", ns))
+    record(s, "v2 committed_cipher (derive, check)", best("committed_cipher(key, commitment)", ns))
+    record(s, "AES-GCM wrap of a data key", best("cipher.encrypt(nonce, key, None)", ns))
+    record(s, "AES-GCM unwrap of a data key", best("cipher.decrypt(nonce, gcm_wrapped, None)", ns))
 
     s = "local wrap"
     record(s, "LocalKeyWrapper.wrap", best("wrapper.wrap(key, canonical)", ns))
@@ -211,7 +219,7 @@ def run_round() -> None:
     )
 
     s = "envelope"
-    record(s, "pack (one key)", best("pack(data_key.wrapped_keys, nonce, sealed)", ns))
+    record(s, "pack (one key)", best("pack(data_key.wrapped_keys, commitment, nonce, sealed)", ns))
     record(s, "unpack (full parse)", best("unpack(envelope)", ns))
     record(s, "header_size (offset parse)", best("header_size(envelope)", ns))
     record(s, "wrapped_keys_of", best("wrapped_keys_of(envelope, end)", ns))
