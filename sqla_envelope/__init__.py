@@ -22,6 +22,7 @@ from .keyrings import Keyring as Keyring
 from .keyrings import KmsKeyring as KmsKeyring
 from .keyrings import LocalKeyring as LocalKeyring
 from .rotation import rewrap as rewrap
+from .search import BlindIndex as BlindIndex
 from .sql_guard import install as _install_sql_guard
 from .types import EncryptedType as EncryptedType
 
@@ -31,6 +32,7 @@ _install_sql_guard()
 
 __all__ = [
     "PREFETCH_OPTION",
+    "BlindIndex",
     "ConfigurationError",
     "DataKey",
     "DecryptionError",

@@ -29,6 +29,7 @@ __all__ = [
     "NO_MATCH",
     "NO_ORDER",
     "GuardedComparator",
+    "blind_index_for",
     "check_operator",
     "describe",
     "is_encrypted",
@@ -41,9 +42,9 @@ __all__ = [
 # here, names a value: only operators, functions, tables and columns.
 NO_MATCH = (
     "every value has its own random data key and nonce, so the database compares random "
-    "ciphertext and would silently match nothing; compare after loading the rows, or look "
-    "values up through a blind index (a keyed hash of the value in a separate column; "
-    "built-in blind indexes are planned for equality lookups)"
+    "ciphertext and would silently match nothing; compare after loading the rows, or, "
+    "for == and IN, declare a blind index of the column (a BlindIndex column on the same "
+    "table: docs/searching.md)"
 )
 NO_ORDER = (
     "the stored ciphertext is random, so an order over it is random too; sort after "
@@ -52,7 +53,7 @@ NO_ORDER = (
 NO_GROUPS = (
     "every value has its own random data key, so every stored ciphertext is different, "
     "even for equal values, and grouping or DISTINCT over it treats every row as unique; "
-    "group after loading the rows, or by a blind index (planned)"
+    "group after loading the rows, or by the column's blind index (docs/searching.md)"
 )
 NO_COMPUTE = (
     "the database holds only random ciphertext, so it would compute on the envelope, not "
@@ -108,6 +109,34 @@ def is_encrypted(element: Any) -> bool:
     return isinstance(factory, type) and issubclass(factory, GuardedComparator)
 
 
+_INDEXED_OPERATORS = (operators.eq, operators.ne, operators.in_op, operators.not_in_op)
+
+
+def blind_index_for(expr: Any, op: Any, other: tuple[Any, ...]) -> Any:
+    """The blind index column that answers ``op`` on the encrypted ``expr``, or None.
+
+    Only equality and membership against Python values, and only where the
+    column's table (or the alias it is read through) has a single-column blind
+    index of it: a column type whose ``indexes_source`` names it (search/).
+    """
+    if op not in _INDEXED_OPERATORS or len(other) != 1:
+        return None
+    value = other[0]
+    if value is None or isinstance(value, elements.ClauseElement):
+        return None
+    if hasattr(value, "__clause_element__"):
+        return None
+    table = getattr(expr, "table", None)
+    name = getattr(expr, "key", None)
+    columns = getattr(table, "c", None)
+    if columns is None or name is None:
+        return None
+    for column in columns:
+        if getattr(column.type, "indexes_source", None) == name:
+            return column
+    return None
+
+
 def check_operator(op: Any, other: tuple[Any, ...], column: str) -> None:
     """Refuses an operator applied to an encrypted column, while the expression is built.
 
@@ -135,6 +164,9 @@ class GuardedComparator(TypeDecorator.Comparator[Any]):
     """
 
     def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
+        index = blind_index_for(self.expr, op, other)
+        if index is not None:
+            return index.operate(op, *other, **kwargs)
         check_operator(op, other, describe(self.expr))
         return super().operate(op, *other, **kwargs)
 

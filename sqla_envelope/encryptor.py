@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import os
@@ -51,6 +52,12 @@ __all__ = [
     "configure",
     "get_default_encryptor",
 ]
+
+# The wrapped blind index key: this prefix, then the base64 of its envelope, sealed
+# under this context (what KMS and CloudTrail see of its purpose).
+INDEX_KEY_PREFIX = "sqla-envelope-index-key:v1:"
+INDEX_KEY_CONTEXT = {"purpose": "sqla-envelope blind index key"}
+INDEX_KEY_SIZE = 32
 
 # Associated data of a v2 value: its whole header (version, every wrapped copy,
 # the key commitment), then the canonical context. Of a v1 value: the version
@@ -115,6 +122,7 @@ class Encryptor:
         unwrap_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         commitment_policy: CommitmentPolicy = "require_encrypt_allow_decrypt",
+        index_key: str | None = None,
     ) -> None:
         if not isinstance(keyring, Keyring):
             raise ConfigurationError(
@@ -163,6 +171,15 @@ class Encryptor:
         self._listeners: tuple[Listener, ...] = tuple(listeners)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
+        if index_key is not None and not (
+            isinstance(index_key, str) and index_key.startswith(INDEX_KEY_PREFIX)
+        ):
+            raise ConfigurationError(
+                "index_key= takes the wrapped index key, text starting with "
+                f"{INDEX_KEY_PREFIX!r}, as Encryptor.new_index_key() makes it"
+            )
+        self.index_key = index_key
+        self._index_key_plain: bytes | None = None
         _ENCRYPTORS.add(self)
 
     def __repr__(self) -> str:
@@ -194,6 +211,36 @@ class Encryptor:
             raise TypeError("decrypt() takes bytes")
         return self.open(bytes(envelope), EncryptionContext.of(context))
 
+    def new_index_key(self) -> str:
+        """A new random blind index key, wrapped by this keyring: what ``index_key=`` takes.
+
+        The text holds an envelope of the 32-byte key under the keyring's primary
+        key (KMS: one GenerateDataKey, and CloudTrail sees the purpose in the
+        context); store it with the application's configuration. The plaintext
+        key is never returned or written.
+        """
+        envelope = self.encrypt(random_bytes(INDEX_KEY_SIZE), INDEX_KEY_CONTEXT)
+        return INDEX_KEY_PREFIX + base64.urlsafe_b64encode(envelope).decode("ascii")
+
+    def unwrapped_index_key(self) -> bytes:
+        """The index key, unwrapped through the keyring at first use and then held.
+
+        ConfigurationError when this Encryptor has none; DecryptionError when the
+        keyring cannot unwrap it (another keyring's key, or altered text).
+        """
+        if self._index_key_plain is None:
+            if self.index_key is None:
+                raise ConfigurationError(
+                    "a blind index needs a key: pass index_key= (the text of "
+                    "Encryptor.new_index_key()) to the Encryptor, or key= to the BlindIndex"
+                )
+            try:
+                envelope = base64.urlsafe_b64decode(self.index_key[len(INDEX_KEY_PREFIX) :])
+            except ValueError:
+                raise ConfigurationError("index_key= is not valid base64") from None
+            self._index_key_plain = self.decrypt(envelope, INDEX_KEY_CONTEXT)
+        return self._index_key_plain
+
     def reading_v1(self) -> Encryptor:
         """This Encryptor if it reads format v1 values, else one like it that does.
 
@@ -211,6 +258,7 @@ class Encryptor:
             prefetch=self.prefetch,
             listeners=self._listeners,
             unwrap_timeout=self.unwrap_timeout,
+            index_key=self.index_key,
         )
 
     def stats(self) -> dict[str, int]:

@@ -28,6 +28,7 @@ API_NAMES = {
 # isort-style order (constants, classes, functions), as ruff's RUF022 keeps it
 EXPORTED = [
     "PREFETCH_OPTION",
+    "BlindIndex",
     "ConfigurationError",
     "DataKey",
     "DecryptionError",

@@ -1,0 +1,187 @@
+"""BlindIndex: the column type of a blind index, a keyed hash of an encrypted column's value.
+
+Declared beside the encrypted column it indexes (``source``), on the same table.
+It hashes on bind: whatever plaintext is bound to it (the ORM's copy of the
+source value, a Core ``insert().values(email_bidx=x)``, the right side of
+``email_bidx == x``) is normalized, encoded canonically and hashed, so the
+database only ever sees the hash. Reading it returns the stored hash bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Column, LargeBinary
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from ..encryptor import Encryptor, get_default_encryptor
+from ..errors import ConfigurationError, EnvelopeError, InvalidValueError
+from .encoding import canonical
+from .hashing import INDEX_KEY_SIZE, blind_hash, derive_index_key
+
+__all__ = ["BlindIndex", "IndexDigest"]
+
+
+class IndexDigest(bytes):
+    """Bytes that are already a hash of this index: bound as they are, not hashed again."""
+
+
+class BlindIndex(TypeDecorator[bytes]):
+    """A blind index of the encrypted column ``source`` (or columns, for a compound index).
+
+    ``normalize`` maps the value (for a compound index, the values in the order of
+    ``source``, as positional arguments) to what is hashed: ``str.lower`` makes a
+    lookup by email case-blind. ``bits`` (a multiple of 8 from 16 to 256)
+    truncates the hash: fewer bits leak less about equal values and make lookups
+    return some rows whose index collides, which the application filters after
+    decryption (docs/searching.md). The index's key is derived from the
+    encryptor's ``index_key`` with ``label`` (by default ``<table>.<index
+    column>``), or is ``key`` (32 bytes) itself.
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def __init__(
+        self,
+        source: str | Sequence[str],
+        *,
+        normalize: Callable[..., Any] | None = None,
+        bits: int = 256,
+        key: bytes | None = None,
+        label: str | None = None,
+    ) -> None:
+        if isinstance(source, str):
+            sources: tuple[str, ...] = (source,)
+        else:
+            sources = tuple(source)
+        if not sources or not all(isinstance(name, str) and name for name in sources):
+            raise ConfigurationError("BlindIndex(source) names one or more encrypted columns")
+        if not isinstance(bits, int) or bits % 8 or not 16 <= bits <= 256:
+            raise ConfigurationError("bits= must be a multiple of 8 from 16 to 256")
+        if key is not None and (not isinstance(key, bytes) or len(key) != INDEX_KEY_SIZE):
+            raise ConfigurationError(f"key= must be {INDEX_KEY_SIZE} bytes")
+        super().__init__(bits // 8)
+        self.sources = sources
+        self.normalize = normalize
+        self.bits = bits
+        self.label = label
+        self._key = key
+        self._column: Column[Any] | None = None
+        self._keys: weakref.WeakKeyDictionary[Encryptor, bytes] = weakref.WeakKeyDictionary()
+
+    @property
+    def indexes_source(self) -> str | None:
+        """The one column this index answers ``==`` and ``IN`` for; None for a compound one."""
+        return self.sources[0] if len(self.sources) == 1 else None
+
+    def _set_parent(self, parent: Any, outer: bool = False, **kw: Any) -> None:
+        super()._set_parent(parent, outer=outer, **kw)
+        if not isinstance(parent, Column):
+            return
+        if self._column is None or self._column is parent:
+            self._column = parent
+            return
+        own = self.copy()  # one type instance per column, as EncryptedType does
+        own._column, own._keys = parent, weakref.WeakKeyDictionary()
+        parent.type = own
+
+    # -- hashing ----------------------------------------------------------------------
+
+    def index_label(self) -> str:
+        """The label this index's key is derived with."""
+        if self.label is not None:
+            return self.label
+        column = self._column
+        table = getattr(column, "table", None)
+        if column is None or table is None or not hasattr(table, "fullname"):
+            raise ConfigurationError(
+                "BlindIndex is not attached to a table column; pass label= to name its key"
+            )
+        return f"{table.fullname}.{column.name}"
+
+    def source_columns(self) -> list[Column[Any]]:
+        """The encrypted columns this index hashes, from its table."""
+        table = getattr(self._column, "table", None)
+        if table is None:
+            raise ConfigurationError("BlindIndex is not attached to a table")
+        missing = [name for name in self.sources if name not in table.c]
+        if missing:
+            raise ConfigurationError(
+                f"BlindIndex on {table.name}.{self._column.name} names columns the "  # type: ignore[union-attr]
+                f"table does not have: {', '.join(missing)}"
+            )
+        return [table.c[name] for name in self.sources]
+
+    def index_key(self) -> bytes:
+        """The key this index hashes with (derived once per encryptor, then held)."""
+        if self._key is not None:
+            return self._key
+        encryptor = self._encryptor()
+        derived = self._keys.get(encryptor)
+        if derived is None:
+            derived = derive_index_key(encryptor.unwrapped_index_key(), self.index_label())
+            self._keys[encryptor] = derived
+        return derived
+
+    def _encryptor(self) -> Encryptor:
+        if self._column is not None and getattr(self._column, "table", None) is not None:
+            source = self.source_columns()[0]
+            pinned = getattr(source.type, "encryptor", None)
+            if isinstance(pinned, Encryptor):
+                return pinned
+        return get_default_encryptor()
+
+    def digest(self, value: Any) -> bytes | None:
+        """The index value of a plaintext (a tuple for a compound index); None for NULL."""
+        if value is None:
+            return None
+        if isinstance(value, IndexDigest):
+            return bytes(value)
+        if self.normalize is not None:
+            value = self.normalize(*value) if len(self.sources) > 1 else self.normalize(value)
+            if value is None:
+                return None
+        return blind_hash(self.index_key(), canonical(value), self.bits)
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
+        try:
+            return self.digest(value)
+        except EnvelopeError:
+            raise
+        except Exception as exc:  # normalize= is the application's code; say nothing of the value
+            failure = exc
+        raise InvalidValueError(
+            f"blind index {self._where()}: normalize failed: {type(failure).__name__}"
+        )
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> bytes | None:
+        return bytes(value) if value is not None else None
+
+    def _where(self) -> str:
+        try:
+            return self.index_label()
+        except ConfigurationError:
+            return "(unattached)"
+
+    @property
+    def _static_cache_key(self) -> tuple[Any, ...]:
+        key_id = hashlib.sha256(self._key).digest() if self._key is not None else None
+        return (BlindIndex, self.sources, self.bits, self.label, self.normalize, key_id)
+
+    def __repr__(self) -> str:
+        """An importable expression for Alembic (normalize= and key= are the application's)."""
+        source = self.sources[0] if len(self.sources) == 1 else list(self.sources)
+        args = [repr(source)]
+        if self.bits != 256:
+            args.append(f"bits={self.bits}")
+        if self.label is not None:
+            args.append(f"label={self.label!r}")
+        return f"BlindIndex({', '.join(args)})"
+
+
+BlindIndex.__module__ = "sqla_envelope"

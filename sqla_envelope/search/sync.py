@@ -1,0 +1,118 @@
+"""Keeps each blind index in step with its source column, in every INSERT and UPDATE.
+
+An engine event sees each statement before it runs. Where an INSERT or UPDATE
+sets an encrypted column that a blind index of the same table hashes, and does
+not set the index itself, the source's plaintext is bound to the index column
+too, which hashes it: the ORM's flush (add, update, ``add_all``, ``merge``), its
+bulk INSERT and bulk UPDATE by primary key, and Core statements all keep the
+index right without the application assigning it. A statement that sets the
+source from a SQL expression, or only some sources of a compound index, cannot
+be followed, and is refused before it runs: a stale index would answer lookups
+wrongly, silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql import Insert, Update
+from sqlalchemy.sql.elements import BindParameter
+
+from ..errors import ConfigurationError
+from .blind_index import BlindIndex
+
+__all__ = ["install", "table_indexes"]
+
+_UNSET = object()
+
+
+def table_indexes(table: Any) -> list[tuple[str, tuple[str, ...]]]:
+    """(index column key, source column keys) of every blind index of ``table``."""
+    found = getattr(table, "_sqla_envelope_indexes", None)
+    if found is None:
+        found = []
+        columns = getattr(table, "c", ())
+        for column in columns:
+            if isinstance(column.type, BlindIndex):
+                sources = tuple(source.key for source in column.type.source_columns())
+                found.append((column.key, sources))
+        table._sqla_envelope_indexes = found
+    return found
+
+
+def _filled(params: Mapping[str, Any], indexes: Sequence[tuple[str, tuple[str, ...]]]) -> Any:
+    """``params`` with each index the statement leaves unset bound to its sources' values."""
+    added: dict[str, Any] = {}
+    for index, sources in indexes:
+        if params.get(index) is not None:
+            continue  # given by the application (Core): hashed on bind
+        present = [source in params for source in sources]
+        if not any(present):
+            continue
+        if not all(present):
+            raise ConfigurationError(
+                f"a statement sets only some columns of the compound blind index {index} "
+                f"({', '.join(sources)}): set them together, or the index goes stale"
+            )
+        values = tuple(params[source] for source in sources)
+        added[index] = values[0] if len(values) == 1 else values
+    return {**params, **added} if added else params
+
+
+def _statement_values(statement: Any, table: Any, indexes: Sequence[Any]) -> Any:
+    """The statement with its embedded ``.values(...)`` extended to the indexes."""
+    embedded = getattr(statement, "_values", None)
+    if not embedded:
+        return statement
+    given: dict[str, Any] = {}
+    for target, value in embedded.items():
+        key = target if isinstance(target, str) else getattr(target, "key", None)
+        if key is None:
+            continue
+        given[key] = value
+    plain: dict[str, Any] = {}
+    for index, sources in indexes:
+        if index in given or not any(source in given for source in sources):
+            continue
+        for source in sources:
+            value = given.get(source, _UNSET)
+            if value is _UNSET:
+                continue  # _filled says that a compound index is only partly set
+            if not isinstance(value, BindParameter) or value.callable is not None:
+                raise ConfigurationError(
+                    f"{table.name}.{source} is set from a SQL expression, so its blind "
+                    f"index {index} cannot follow: set it from a Python value"
+                )
+            plain[source] = value.value
+    if not plain:
+        return statement
+    extra = _filled(plain, indexes)
+    return statement.values({key: extra[key] for key in extra if key not in plain})
+
+
+def _before_execute(
+    conn: Any, clauseelement: Any, multiparams: Any, params: Any, execution_options: Any
+) -> tuple[Any, Any, Any]:
+    if not isinstance(clauseelement, (Insert, Update)):
+        return clauseelement, multiparams, params
+    table = clauseelement.table
+    indexes = table_indexes(table)
+    if not indexes:
+        return clauseelement, multiparams, params
+    clauseelement = _statement_values(clauseelement, table, indexes)
+    if multiparams:
+        multiparams = [
+            _filled(each, indexes) if isinstance(each, Mapping) else each for each in multiparams
+        ]
+    if params:
+        params = _filled(params, indexes)
+    return clauseelement, multiparams, params
+
+
+def install() -> None:
+    """Listen on every Engine (idempotent)."""
+    if not event.contains(Engine, "before_execute", _before_execute):
+        event.listen(Engine, "before_execute", _before_execute, retval=True)

@@ -1,0 +1,270 @@
+"""Blind indexes: lookups by an encrypted value, kept in step on every write, on three databases.
+
+Issue 15, items 1 to 5 (the first slice: the type, the ORM and Core keeping it in
+step, the comparator, unique constraints, index keys under the keyring).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
+
+import sqla_envelope
+from sqla_envelope import (
+    BlindIndex,
+    ConfigurationError,
+    DecryptionError,
+    EncryptedType,
+    Encryptor,
+    LocalKeyring,
+    UnsupportedComparisonError,
+)
+from sqla_envelope.search.encoding import canonical
+
+
+@pytest.fixture
+def encryptor() -> Iterator[Encryptor]:
+    keyring = LocalKeyring.generate()
+    enc = Encryptor(keyring, index_key=Encryptor(keyring).new_index_key())
+    sqla_envelope.configure(enc)
+    yield enc
+    sqla_envelope.configure(None)
+
+
+@pytest.fixture
+def users(engine: sa.Engine, encryptor: Encryptor) -> Iterator[type[Any]]:
+    class Base(DeclarativeBase):
+        pass
+
+    class User(Base):
+        __tablename__ = "bidx_users"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        email: Mapped[str | None] = mapped_column(EncryptedType(sa.String(100)))
+        email_bidx: Mapped[bytes | None] = mapped_column(
+            BlindIndex("email", normalize=str.lower), unique=True
+        )
+        phone: Mapped[str | None] = mapped_column(EncryptedType(sa.String(20)))
+        phone_bidx: Mapped[bytes | None] = mapped_column(BlindIndex("phone", bits=16))
+
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    yield User
+    Base.metadata.drop_all(engine)
+
+
+def found(session: Session, user: type[Any], where: Any) -> list[int]:
+    return sorted(session.scalars(sa.select(user.id).where(where)).all())
+
+
+def test_orm_writes_keep_the_index_and_lookups_use_it(engine: sa.Engine, users: Any) -> None:
+    User = users
+    with Session(engine) as session:
+        session.add_all([User(id=1, email="Ada@Example.org"), User(id=2, email="bob@example.org")])
+        session.merge(User(id=3, email="carol@example.org"))
+        session.commit()
+        assert found(session, User, User.email == "ada@example.ORG") == [1]
+        assert found(session, User, User.email.in_(["bob@example.org", "carol@example.org"])) == [
+            2,
+            3,
+        ]
+        assert found(session, User, User.email != "bob@example.org") == [1, 3]
+        assert found(session, User, User.email.not_in(["bob@example.org"])) == [1, 3]
+        assert session.query(User).filter_by(email="CAROL@example.org").one().id == 3
+        # an update moves the index with the value
+        session.get(User, 1).email = "ada@new.example.org"  # type: ignore[union-attr]
+        session.commit()
+        assert found(session, User, User.email == "ada@example.org") == []
+        assert found(session, User, User.email == "ada@new.example.org") == [1]
+        # the index holds a hash, never the value
+        stored = session.execute(sa.text("SELECT email_bidx FROM bidx_users WHERE id = 2"))
+        digest = bytes(stored.scalar_one())
+        assert len(digest) == 32 and b"bob" not in digest
+
+
+def test_bulk_orm_and_core_writes_keep_the_index(engine: sa.Engine, users: Any) -> None:
+    User = users
+    table = User.__table__
+    with Session(engine) as session:
+        session.execute(
+            sa.insert(User), [{"id": 1, "email": "a@x.org"}, {"id": 2, "email": "b@x.org"}]
+        )
+        session.execute(sa.update(User), [{"id": 2, "email": "c@x.org"}])  # bulk by primary key
+        session.execute(sa.update(User).where(User.id == 1).values(email="d@x.org"))
+        session.commit()
+        assert found(session, User, User.email == "d@x.org") == [1]
+        assert found(session, User, User.email == "c@x.org") == [2]
+        assert found(session, User, User.email.in_(["a@x.org", "b@x.org"])) == []
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=3, email="e@x.org"))  # index filled
+        conn.execute(table.insert().values(id=4, email="f@x.org", email_bidx="F@X.org"))
+        conn.execute(table.update().where(table.c.id == 3).values(email="g@x.org"))
+    with engine.connect() as conn:
+        by_index = conn.execute(sa.select(table.c.id).where(table.c.email_bidx == "g@x.org"))
+        assert by_index.scalars().all() == [3]
+        by_value = conn.execute(sa.select(table.c.id).where(table.c.email == "F@x.org"))
+        assert by_value.scalars().all() == [4]
+
+
+def test_null_gives_a_null_index_and_is_none_still_works(engine: sa.Engine, users: Any) -> None:
+    User = users
+    with Session(engine) as session:
+        session.add_all([User(id=1, email=None), User(id=2, email="x@x.org")])
+        session.commit()
+        assert found(session, User, User.email.is_(None)) == [1]
+        assert found(session, User, User.email_bidx.is_(None)) == [1]
+        assert found(session, User, User.email.is_not(None)) == [2]
+
+
+def test_the_unique_index_refuses_a_duplicate_value(engine: sa.Engine, users: Any) -> None:
+    User = users
+    with Session(engine) as session:
+        session.add(User(id=1, email="same@x.org"))
+        session.commit()
+        session.add(User(id=2, email="SAME@x.org"))  # equal after normalize
+        with pytest.raises(sa.exc.IntegrityError):
+            session.commit()
+
+
+def test_a_truncated_index_returns_every_true_match(engine: sa.Engine, users: Any) -> None:
+    User = users
+    phones = [f"+44 20 7946 {i:04d}" for i in range(300)]
+    with Session(engine) as session:
+        session.add_all([User(id=i, phone=phone) for i, phone in enumerate(phones)])
+        session.commit()
+        for i in (0, 17, 299):
+            rows = session.scalars(sa.select(User).where(User.phone == phones[i])).all()
+            assert i in [row.id for row in rows]  # the true match, maybe with collisions
+            assert [row.id for row in rows if row.phone == phones[i]] == [i]
+
+
+def test_other_operators_and_expressions_are_refused_with_a_pointer(users: Any) -> None:
+    User = users
+    with pytest.raises(UnsupportedComparisonError, match="LIKE"):
+        User.email.like("%@x.org")
+    with pytest.raises(UnsupportedComparisonError, match="blind index"):
+        User.__table__.c.email > "a"  # noqa: B015
+
+
+def test_lookups_through_an_alias_use_the_alias_index(engine: sa.Engine, users: Any) -> None:
+    User = users
+    with Session(engine) as session:
+        session.add_all([User(id=1, email="a@x.org"), User(id=2, email="b@x.org")])
+        session.commit()
+        other = aliased(User)
+        query = sa.select(User.id, other.id).join(other, other.id != User.id)
+        rows = session.execute(query.where(other.email == "b@x.org")).all()
+        assert rows == [(1, 2)]
+
+
+def test_a_compound_index(engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor) -> None:
+    people = sa.Table(
+        "bidx_people",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("ssn", EncryptedType(sa.String(11))),
+        sa.Column("born", EncryptedType(sa.Date)),
+        sa.Column(
+            "ssn_born_bidx",
+            BlindIndex(("ssn", "born"), normalize=lambda ssn, born: (ssn[-4:], born.year)),
+        ),
+    )
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            people.insert(),
+            [
+                {"id": 1, "ssn": "123-45-6789", "born": dt.date(1990, 5, 1)},
+                {"id": 2, "ssn": "987-65-6789", "born": dt.date(1991, 5, 1)},
+            ],
+        )
+        with pytest.raises(ConfigurationError, match="compound blind index"):
+            conn.execute(people.update().where(people.c.id == 1).values(ssn="000-00-0000"))
+    with engine.connect() as conn:
+        key = ("555-55-6789", dt.date(1990, 12, 31))
+        query = sa.select(people.c.id).where(people.c.ssn_born_bidx == key)
+        assert conn.execute(query).scalars().all() == [1]
+
+
+def test_two_indexes_of_equal_values_hash_differently(engine: sa.Engine, users: Any) -> None:
+    User = users
+    with Session(engine) as session:
+        session.add(User(id=1, email="x", phone="x"))
+        session.commit()
+        email_bidx, phone_bidx = session.execute(
+            sa.text("SELECT email_bidx, phone_bidx FROM bidx_users")
+        ).one()
+    assert bytes(email_bidx)[:2] != bytes(phone_bidx)
+
+
+def test_without_an_index_key_nothing_is_stored(engine: sa.Engine, users: Any) -> None:
+    User = users
+    sqla_envelope.configure(Encryptor(LocalKeyring.generate()))  # no index_key=
+    with Session(engine) as session:
+        session.add(User(id=1, email="a@x.org"))
+        with pytest.raises(ConfigurationError, match="index_key"):
+            session.commit()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM bidx_users")).scalar_one() == 0
+
+
+def test_an_index_key_of_another_keyring_fails_closed() -> None:
+    wrapped = Encryptor(LocalKeyring.generate()).new_index_key()
+    stranger = Encryptor(LocalKeyring.generate(), index_key=wrapped)
+    with pytest.raises(DecryptionError):
+        stranger.unwrapped_index_key()
+    with pytest.raises(ConfigurationError, match="index_key"):
+        Encryptor(LocalKeyring.generate(), index_key="not a wrapped key")
+
+
+def test_a_source_set_from_an_sql_expression_is_refused(engine: sa.Engine, users: Any) -> None:
+    table = users.__table__
+    with engine.begin() as conn, pytest.raises(ConfigurationError, match="SQL expression"):
+        conn.execute(table.update().values(email=table.c.phone))
+
+
+def test_the_index_renders_as_an_importable_expression() -> None:
+    assert repr(BlindIndex("email", bits=64)) == "BlindIndex('email', bits=64)"
+    assert BlindIndex.__module__ == "sqla_envelope"
+
+
+scalars = st.one_of(
+    st.none(),
+    st.text(),
+    st.binary(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.dates(),
+    st.datetimes(),
+    st.times(),
+    st.timedeltas(),
+    st.uuids(),
+)
+values = st.one_of(scalars, st.tuples(scalars, scalars), st.tuples(scalars, scalars, scalars))
+
+
+@given(values, values)
+def test_distinct_values_never_encode_alike(a: Any, b: Any) -> None:
+    if canonical(a) == canonical(b):
+        assert type(a) is type(b)
+        assert a == b or (isinstance(a, tuple) and all(x == y for x, y in zip(a, b, strict=True)))
+
+
+def test_the_encoding_tells_types_and_compound_boundaries_apart() -> None:
+    assert canonical(1) != canonical("1") != canonical(b"1")
+    assert canonical(True) != canonical(1)
+    assert canonical(("ab", "c")) != canonical(("a", "bc"))
+    assert canonical(0.0) == canonical(-0.0)
+    assert canonical(Decimal("1.0")) == canonical(Decimal("1.00")) == canonical(Decimal("1"))
+    utc = dt.datetime(2026, 1, 1, 12, tzinfo=dt.timezone.utc)
+    paris = utc.astimezone(dt.timezone(dt.timedelta(hours=1)))
+    assert canonical(utc) == canonical(paris)
