@@ -23,6 +23,8 @@ from .keyrings import KmsKeyring as KmsKeyring
 from .keyrings import LocalKeyring as LocalKeyring
 from .rotation import rewrap as rewrap
 from .search import BlindIndex as BlindIndex
+from .search import plan_bits as plan_bits
+from .search import reindex as reindex
 from .sql_guard import install as _install_sql_guard
 from .types import EncryptedType as EncryptedType
 
@@ -51,6 +53,8 @@ __all__ = [
     "WrappedKey",
     "configure",
     "get_default_encryptor",
+    "plan_bits",
+    "reindex",
     "rewrap",
     "unpack_envelope",
 ]

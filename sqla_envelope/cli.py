@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import demo
 from ._version import __version__
+from .cli_index import add_index_commands
 from .cli_job import PROG, describe, fail
 from .cli_ops import add_commands
 from .envelope import TAG_SIZE, Envelope, unpack
@@ -248,6 +249,7 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect_parser.add_argument("value", metavar="VALUE", help="the stored value, hex or base64")
     inspect_parser.set_defaults(handler=_cmd_inspect)
     add_commands(commands, formatter)
+    add_index_commands(commands, formatter)
     return parser
 
 

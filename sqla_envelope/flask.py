@@ -19,7 +19,9 @@ Flask. Settings, read once by ``init_app``:
   of unwrapped data keys;
 - ``SQLA_ENVELOPE_AUDIT_LOG``: ``True`` writes an INFO record on the
   ``sqla_envelope.audit`` logger for every wrap and unwrap (the application's
-  logging configuration decides where it goes).
+  logging configuration decides where it goes);
+- ``SQLA_ENVELOPE_INDEX_KEY``: the wrapped blind index key, the text of
+  ``Encryptor.new_index_key()`` (docs/searching.md).
 
 Exactly one key source must be set. An unknown ``SQLA_ENVELOPE_*`` name, or an option
 that the chosen mode would ignore, is a ``ConfigurationError`` at ``init_app`` time:

@@ -9,7 +9,8 @@ names without their prefix to ``parse_settings`` and so apply the same rules:
   ``KMS_ADDITIONAL_KEY_IDS`` and ``KMS_DECRYPT_KEY_IDS``;
 - ``MODE``: ``"local"`` (the default with a key file), ``"direct"`` (the default
   with KMS) or ``"bounded_reuse"`` with ``MAX_ROWS`` and ``MAX_AGE``;
-- ``CACHE_TTL``, ``CACHE_SIZE``: the key cache; ``AUDIT_LOG``: log every key use.
+- ``CACHE_TTL``, ``CACHE_SIZE``: the key cache; ``AUDIT_LOG``: log every key use;
+- ``INDEX_KEY``: the wrapped blind index key (``Encryptor.new_index_key()``).
 
 ``None`` means unset. A missing key source, two of them, a mode that does not fit
 the key, an option the mode would ignore or a value of the wrong type is a
@@ -37,7 +38,7 @@ MODES = ("local", "direct", "bounded_reuse")
 _KMS_OPTIONS = ("KMS_REGION", "KMS_ENDPOINT_URL", "KMS_ADDITIONAL_KEY_IDS", "KMS_DECRYPT_KEY_IDS")
 _REUSE_OPTIONS = ("MAX_ROWS", "MAX_AGE")
 NAMES = frozenset(
-    {"KEY_FILE", "KMS_KEY_ID", "MODE", "CACHE_TTL", "CACHE_SIZE", "AUDIT_LOG"}
+    {"KEY_FILE", "KMS_KEY_ID", "MODE", "CACHE_TTL", "CACHE_SIZE", "AUDIT_LOG", "INDEX_KEY"}
     | set(_KMS_OPTIONS)
     | set(_REUSE_OPTIONS)
 )
@@ -66,6 +67,7 @@ class EnvelopeSettings:
     cache_ttl: float | None = None
     cache_size: int | None = None
     audit_log: bool = False
+    index_key: str | None = None
 
     def keyring(self) -> Keyring:
         """A LocalKeyring read from KEY_FILE, or a KmsKeyring (building it calls no service)."""
@@ -87,6 +89,7 @@ class EnvelopeSettings:
         return Encryptor(
             self.keyring(),
             listeners=[log_events()] if self.audit_log else [],
+            index_key=self.index_key,
             **_given(cache_ttl=self.cache_ttl, cache_size=self.cache_size),
         )
 
@@ -147,6 +150,7 @@ def parse_settings(given: Mapping[str, Any], name: Namer) -> EnvelopeSettings:
         cache_ttl=_setting(given, name, "CACHE_TTL", (int, float), "a number of seconds"),
         cache_size=_setting(given, name, "CACHE_SIZE", int, "an integer"),
         audit_log=bool(_setting(given, name, "AUDIT_LOG", bool, "True or False")),
+        index_key=_setting(given, name, "INDEX_KEY", str, "the text of Encryptor.new_index_key()"),
     )
 
 

@@ -268,3 +268,136 @@ def test_the_encoding_tells_types_and_compound_boundaries_apart() -> None:
     utc = dt.datetime(2026, 1, 1, 12, tzinfo=dt.timezone.utc)
     paris = utc.astimezone(dt.timezone(dt.timedelta(hours=1)))
     assert canonical(utc) == canonical(paris)
+
+
+def test_reindex_fills_an_index_added_to_existing_rows_and_resumes(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    from sqla_envelope.search import reindex, reindex_column
+
+    plain = sa.Table(
+        "bidx_legacy",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", EncryptedType(sa.String(100))),
+    )
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(plain.insert(), [{"id": i, "email": f"user{i}@x.org"} for i in range(25)])
+        conn.execute(plain.insert().values(id=99, email=None))
+        conn.exec_driver_sql(
+            "ALTER TABLE bidx_legacy ADD COLUMN email_bidx "
+            + ("BYTEA" if engine.dialect.name == "postgresql" else "BLOB")
+        )
+    indexed = sa.Table(
+        "bidx_legacy",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", EncryptedType(sa.String(100))),
+        sa.Column("email_bidx", BlindIndex("email", normalize=str.lower)),
+    )
+
+    # a first run dies after two batches; the rerun does only the rest
+    class KilledError(Exception):
+        pass
+
+    def kill_after_two(report: Any) -> None:
+        if report.examined >= 20:
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        reindex_column(engine, indexed.c.email_bidx, batch_size=10, progress=kill_after_two)
+    assert reindex(engine, indexed.c.email_bidx, batch_size=10) == 5
+    assert reindex(engine, indexed.c.email_bidx, batch_size=10) == 0  # idempotent
+    with engine.connect() as conn:
+        query = sa.select(indexed.c.id).where(indexed.c.email == "USER7@x.org")
+        assert conn.execute(query).scalars().all() == [7]
+        null_index = sa.select(indexed.c.email_bidx).where(indexed.c.id == 99)
+        assert conn.execute(null_index).scalar_one() is None
+    resumed = reindex_column(engine, indexed.c.email_bidx, start_after=(10,))
+    assert (resumed.examined, resumed.changed) == (15, 0)  # ids 11-24 and 99
+
+
+def test_plan_bits_keeps_the_expected_false_positives_under_the_bound() -> None:
+    from sqla_envelope.search import plan_bits
+
+    for rows in (0, 10, 1_000, 100_000, 10_000_000):
+        for bound in (0.001, 0.5, 1.0, 10.0):
+            bits = plan_bits(rows, false_positives=bound)
+            assert bits % 8 == 0 and 16 <= bits <= 256
+            assert rows / 2**bits <= bound or bits == 256
+            if bits > 16:  # and the fewest such bits
+                assert rows / 2 ** (bits - 8) > bound
+    assert plan_bits(100_000) == 24  # about 0.006 unrelated rows per lookup
+    with pytest.raises(ConfigurationError):
+        plan_bits(10, false_positives=0)
+
+
+def test_flask_and_django_settings_take_the_wrapped_index_key(tmp_path: Any) -> None:
+    from sqla_envelope.settings import parse_settings
+
+    key_file = tmp_path / "app.keys.json"
+    LocalKeyring.generate().to_file(key_file)
+    wrapped = Encryptor(LocalKeyring.from_file(key_file)).new_index_key()
+    settings = parse_settings({"KEY_FILE": str(key_file), "INDEX_KEY": wrapped}, str)
+    encryptor = settings.encryptor()
+    assert encryptor.index_key == wrapped
+    assert len(encryptor.unwrapped_index_key()) == 32
+    with pytest.raises(ConfigurationError, match="INDEX_KEY"):
+        parse_settings({"KEY_FILE": str(key_file), "INDEX_KEY": b"raw bytes"}, str)
+
+
+MODEL_MODULE = """
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqla_envelope import BlindIndex, EncryptedType
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "cli_users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(EncryptedType(sa.String(100)))
+    email_bidx: Mapped[bytes | None] = mapped_column(BlindIndex("email", normalize=str.lower))
+"""
+
+
+def test_the_cli_makes_an_index_key_and_reindexes_a_model(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sqla_envelope.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "bidx_cli_app.py").write_text(MODEL_MODULE)
+    LocalKeyring.generate("k1").to_file("app.keys.json")
+    assert main(["index-key", "new", "--key-file", "app.keys.json"]) == 0
+    index_key = capsys.readouterr().out.strip()
+    assert index_key.startswith("sqla-envelope-index-key:v1:")
+
+    import bidx_cli_app
+
+    engine = sa.create_engine("sqlite:///cli.db")
+    bidx_cli_app.Base.metadata.create_all(engine)
+    table = bidx_cli_app.User.__table__
+    sqla_envelope.configure(Encryptor(LocalKeyring.from_file("app.keys.json"), index_key=index_key))
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": 1, "email": "A@x.org"}, {"id": 2, "email": "b@x.org"}])
+        conn.execute(table.update().values(email_bidx=None))  # as if the index were new
+    sqla_envelope.configure(None)
+    argv = ["reindex", "--url", "sqlite:///cli.db", "--model", "bidx_cli_app:User.email_bidx"]
+    argv += ["--key-file", "app.keys.json", "--index-key", index_key]
+    assert main(argv) == 0
+    assert "2 changed" in capsys.readouterr().err
+    sqla_envelope.configure(Encryptor(LocalKeyring.from_file("app.keys.json"), index_key=index_key))
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(table.c.id).where(table.c.email == "a@X.org"))
+        assert found.scalars().all() == [1]
+    engine.dispose()
+
+    assert main([*argv[:4], "no_such_module:User.email_bidx", *argv[5:]]) == 2
+    err = capsys.readouterr().err
+    assert "cannot import" in err and "Traceback" not in err

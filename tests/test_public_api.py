@@ -47,6 +47,8 @@ EXPORTED = [
     "WrappedKey",
     "configure",
     "get_default_encryptor",
+    "plan_bits",
+    "reindex",
     "rewrap",
     "unpack_envelope",
 ]

@@ -15,6 +15,7 @@
 - ``CACHE_TTL`` and ``CACHE_SIZE``: the Encryptor's cache of unwrapped data keys;
 - ``AUDIT_LOG``: ``True`` writes a line on the ``sqla_envelope.audit`` logger for
   every wrap and unwrap;
+- ``INDEX_KEY``: the wrapped blind index key, the text of ``Encryptor.new_index_key()``;
 - ``DATABASE``: the alias in ``DATABASES`` that ``get_engine()`` and the management
   commands use by default (``"default"``).
 

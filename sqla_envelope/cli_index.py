@@ -1,0 +1,162 @@
+"""The blind index commands of ``sqla-envelope``: ``index-key new`` and ``reindex``.
+
+``index-key new`` makes the wrapped index key that ``Encryptor(index_key=)``,
+Flask's ``SQLA_ENVELOPE_INDEX_KEY`` and Django's ``INDEX_KEY`` take. ``reindex``
+fills or recomputes a blind index column; it names the index by the
+application's model (``package.module:Model.attribute``), because the index's
+``normalize`` is Python code that only the application has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Any
+
+from .cli_job import PROG, UsageError, _engine, fail
+from .encryptor import Encryptor, configure
+from .keyrings.base import Keyring
+from .keyrings.kms import KmsKeyring
+from .keyrings.local import LocalKeyring
+from .search.reindex import reindex_column
+
+__all__ = ["ENV_INDEX_KEY", "add_index_commands"]
+
+ENV_INDEX_KEY = "SQLA_ENVELOPE_INDEX_KEY"
+_KEY_ENV = {
+    "key_file": "SQLA_ENVELOPE_KEY_FILE",
+    "kms_key_id": "SQLA_ENVELOPE_KMS_KEY_ID",
+    "region": "SQLA_ENVELOPE_KMS_REGION",
+    "endpoint_url": "SQLA_ENVELOPE_KMS_ENDPOINT_URL",
+}
+
+
+def _keyring(args: argparse.Namespace) -> Keyring:
+    key_file = args.key_file or os.environ.get(_KEY_ENV["key_file"])
+    kms_key_id = args.kms_key_id or os.environ.get(_KEY_ENV["kms_key_id"])
+    if bool(key_file) == bool(kms_key_id):
+        raise UsageError("give exactly one of --key-file and --kms-key-id")
+    if key_file:
+        return LocalKeyring.from_file(key_file)
+    return KmsKeyring(
+        kms_key_id,  # type: ignore[arg-type]
+        region_name=args.region or os.environ.get(_KEY_ENV["region"]),
+        endpoint_url=args.endpoint_url or os.environ.get(_KEY_ENV["endpoint_url"]),
+    )
+
+
+def _cmd_index_key_new(args: argparse.Namespace) -> int:
+    print(Encryptor(_keyring(args)).new_index_key())
+    return 0
+
+
+def _model_attribute(spec: str) -> Any:
+    """``package.module:Model.attribute`` -> the mapped attribute; UsageError otherwise."""
+    module_name, _, path = spec.partition(":")
+    if not module_name or "." not in path:
+        raise UsageError("--model takes package.module:Model.attribute")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # the application's package, from where the command runs
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--model: cannot import {module_name!r}: {exc}") from None
+    for name in path.split("."):
+        if not hasattr(target, name):
+            raise UsageError(f"--model: {module_name}:{path} has no {name!r}")
+        target = getattr(target, name)
+    return target
+
+
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    url = args.url or os.environ.get("SQLA_ENVELOPE_URL")
+    if not url:
+        raise UsageError("--url (or SQLA_ENVELOPE_URL) names the database")
+    index_key = args.index_key or os.environ.get(ENV_INDEX_KEY)
+    attribute = _model_attribute(args.model)
+    keyring = _keyring(args)
+    configure(Encryptor(keyring, index_key=index_key))
+    engine = _engine(url)
+    try:
+        report = reindex_column(engine, attribute, batch_size=args.batch_size, dry_run=args.dry_run)
+    finally:
+        configure(None)
+        engine.dispose()
+    print(report.summary(), file=sys.stderr)
+    for key, reason in report.failures:
+        print(f"  failed: row {key}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _handled(handler: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(handler(args))
+        except UsageError as exc:
+            return fail(str(exc), 2)
+
+    return run
+
+
+def _key_options(parser: argparse.ArgumentParser) -> None:
+    keys = parser.add_argument_group("keys (or the environment variables in brackets)")
+    keys.add_argument("--key-file", metavar="PATH", help=f"local key file [{_KEY_ENV['key_file']}]")
+    keys.add_argument(
+        "--kms-key-id",
+        metavar="ID",
+        help=f"AWS KMS key id, ARN or alias [{_KEY_ENV['kms_key_id']}]",
+    )
+    keys.add_argument("--region", metavar="NAME", help=f"AWS region [{_KEY_ENV['region']}]")
+    keys.add_argument(
+        "--endpoint-url", metavar="URL", help=f"KMS endpoint [{_KEY_ENV['endpoint_url']}]"
+    )
+
+
+def add_index_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    formatter: type[argparse.HelpFormatter],
+) -> None:
+    index_key = commands.add_parser(
+        "index-key",
+        formatter_class=formatter,
+        help="make the wrapped key of blind indexes",
+        description="Blind index keys (docs/searching.md).",
+    )
+    sub = index_key.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    new = sub.add_parser(
+        "new",
+        formatter_class=formatter,
+        help="print a new index key, wrapped by the keyring",
+        description="Make a random 256-bit blind index key, wrap it with the keyring's "
+        "primary key,\nand print the text that Encryptor(index_key=), "
+        "SQLA_ENVELOPE_INDEX_KEY (Flask)\nand INDEX_KEY (Django) take. The key itself "
+        "is never printed.",
+        epilog=f"example:\n  {PROG} index-key new --key-file app.keys.json",
+    )
+    _key_options(new)
+    new.set_defaults(handler=_handled(_cmd_index_key_new))
+
+    reindex = commands.add_parser(
+        "reindex",
+        formatter_class=formatter,
+        help="fill or recompute a blind index column",
+        description="Decrypt the sources of each row and write its blind index, in "
+        "primary-key\norder, a batch per transaction; rows already right are skipped, "
+        "so a stopped\nrun is run again. The index is named by the application's model.",
+        epilog=f"example:\n  {PROG} reindex --url sqlite:///app.db --model "
+        "app.models:User.email_bidx \\\n      --key-file app.keys.json --index-key "
+        '"$SQLA_ENVELOPE_INDEX_KEY"',
+    )
+    reindex.add_argument("--url", metavar="URL", help="the database [SQLA_ENVELOPE_URL]")
+    reindex.add_argument(
+        "--model", metavar="MODULE:MODEL.ATTR", required=True, help="the BlindIndex attribute"
+    )
+    reindex.add_argument(
+        "--index-key", metavar="TEXT", help=f"the wrapped index key [{ENV_INDEX_KEY}]"
+    )
+    reindex.add_argument("--batch-size", type=int, default=1000, metavar="N")
+    reindex.add_argument("--dry-run", action="store_true", help="count, write nothing")
+    _key_options(reindex)
+    reindex.set_defaults(handler=_handled(_cmd_reindex))
