@@ -20,6 +20,7 @@ from .rotation import (
     worker_count,
 )
 from .schema_binding import translation_of
+from .search.blind_index import BlindIndex
 from .types import EncryptedType
 from .walk import SKIP, ColumnReport, Progress, Shard, walk_column
 
@@ -206,10 +207,10 @@ def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
 
     Alembic renders a custom type as ``<module>.<repr>`` but does not import the
     module; with this hook in ``env.py`` (``context.configure(...,
-    render_item=render_item)``) every migration that uses EncryptedType imports
-    it. Returns False for everything else, so Alembic renders it as usual.
+    render_item=render_item)``) every migration that uses EncryptedType or
+    BlindIndex imports it. Returns False for everything else, so Alembic renders it as usual.
     """
-    if type_ == "type" and isinstance(obj, EncryptedType):
+    if type_ == "type" and isinstance(obj, (EncryptedType, BlindIndex)):
         autogen_context.imports.add("import sqla_envelope")
         return f"sqla_envelope.{obj!r}"
     return False

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import produce_migrations, render_python_code
 from alembic.migration import MigrationContext
 
-from sqla_envelope import EncryptedType, Encryptor, LocalKeyring
+from sqla_envelope import BlindIndex, EncryptedType, Encryptor, LocalKeyring
 
 
 def _target_metadata() -> sa.MetaData:
@@ -25,6 +25,7 @@ def _target_metadata() -> sa.MetaData:
         sa.Column("notes", EncryptedType(sa.JSON, context={"label": "patient.notes"})),
         sa.Column("token", EncryptedType(sa.Text, storage="base64")),
         sa.Column("amount", EncryptedType(sa.Numeric(10, 2))),
+        sa.Column("ssn_bidx", BlindIndex("ssn", normalize=str.strip, bits=64), unique=True),
     )
     return md
 
@@ -38,6 +39,8 @@ def test_autogenerate_renders_an_importable_migration(tmp_path: Path) -> None:
     assert "sqla_envelope.EncryptedType(sa.String(length=11))" in body
     assert "context={'label': 'patient.notes'}" in body
     assert "storage='base64'" in body
+    assert "sqla_envelope.BlindIndex('ssn', bits=64)" in body  # normalize= is the model's
+    assert "sa.UniqueConstraint('ssn_bidx')" in body
     assert "Encryptor" not in body and "LocalKeyring" not in body
 
     # Write it out as a migration script would be, import it, and run it.
@@ -58,6 +61,7 @@ def test_autogenerate_renders_an_importable_migration(tmp_path: Path) -> None:
     columns = {c["name"]: c["type"] for c in sa.inspect(engine).get_columns("patients")}
     assert type(columns["ssn"]).__name__ == "BLOB"
     assert type(columns["token"]).__name__ == "TEXT"
+    assert type(columns["ssn_bidx"]).__name__ == "BLOB"
 
 
 def test_rendered_type_rebuilds_an_equivalent_type() -> None:
