@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import and_ as sa_and
+from sqlalchemy import not_ as sa_not
+from sqlalchemy import or_ as sa_or
 from sqlalchemy.sql import compiler, elements, operators, selectable
 from sqlalchemy.sql.type_api import TypeDecorator
 
@@ -29,12 +32,13 @@ __all__ = [
     "NO_MATCH",
     "NO_ORDER",
     "GuardedComparator",
-    "blind_index_for",
+    "blind_indexes_for",
     "check_operator",
     "describe",
     "is_encrypted",
     "operator_name",
     "refusal",
+    "through_indexes",
     "why",
 ]
 
@@ -112,29 +116,56 @@ def is_encrypted(element: Any) -> bool:
 _INDEXED_OPERATORS = (operators.eq, operators.ne, operators.in_op, operators.not_in_op)
 
 
-def blind_index_for(expr: Any, op: Any, other: tuple[Any, ...]) -> Any:
-    """The blind index column that answers ``op`` on the encrypted ``expr``, or None.
+def blind_indexes_for(expr: Any, op: Any, other: tuple[Any, ...]) -> list[Any]:
+    """The blind index columns that answer ``op`` on the encrypted ``expr``; [] for none.
 
     Only equality and membership against Python values, and only where the
-    column's table (or the alias it is read through) has a single-column blind
-    index of it: a column type whose ``indexes_source`` names it (search/).
+    column's table (or the alias it is read through) has single-column blind
+    indexes of it: column types whose ``indexes_source`` names it (search/).
     """
     if op not in _INDEXED_OPERATORS or len(other) != 1:
-        return None
+        return []
     value = other[0]
     if value is None or isinstance(value, elements.ClauseElement):
-        return None
+        return []
     if hasattr(value, "__clause_element__"):
-        return None
+        return []
     table = getattr(expr, "table", None)
     name = getattr(expr, "key", None)
     columns = getattr(table, "c", None)
     if columns is None or name is None:
-        return None
-    for column in columns:
-        if getattr(column.type, "indexes_source", None) == name:
-            return column
-    return None
+        return []
+    return [c for c in columns if getattr(c.type, "indexes_source", None) == name]
+
+
+def through_indexes(indexes: list[Any], op: Any, other: tuple[Any, ...], column: str) -> Any:
+    """``op`` on an encrypted column, asked of its blind index, or of both while one rotates.
+
+    A new index declared with ``replaces=`` the old one is being filled by
+    ``reindex``: a row matches if either index says so (the old one is kept in
+    step on every write until it is dropped), so no lookup misses a row. For
+    ``!=`` and ``NOT IN``, a row the new index has not reached yet (NULL there)
+    is judged by the old one alone.
+    """
+    if len(indexes) == 1:
+        return indexes[0].operate(op, *other)
+    keys = {index.key for index in indexes}
+    replaced = {getattr(index.type, "replaces", None) for index in indexes} & keys
+    if len(indexes) != 2 or len(replaced) != 1:
+        names = ", ".join(sorted(keys))
+        raise UnsupportedComparisonError(
+            f"{column} has several blind indexes ({names}): compare the index column you "
+            f"mean, or declare the new one with replaces= the old while it is filled"
+        )
+    positive = operators.eq if op in (operators.eq, operators.ne) else operators.in_op
+    matches = [
+        index.operate(positive, *other)
+        if index.key in replaced
+        else sa_and(index.is_not(None), index.operate(positive, *other))
+        for index in indexes
+    ]
+    either = sa_or(*matches)
+    return either if op is positive else sa_not(either)
 
 
 def check_operator(op: Any, other: tuple[Any, ...], column: str) -> None:
@@ -164,9 +195,9 @@ class GuardedComparator(TypeDecorator.Comparator[Any]):
     """
 
     def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
-        index = blind_index_for(self.expr, op, other)
-        if index is not None:
-            return index.operate(op, *other, **kwargs)
+        indexes = blind_indexes_for(self.expr, op, other)
+        if indexes:
+            return through_indexes(indexes, op, other, describe(self.expr))
         check_operator(op, other, describe(self.expr))
         return super().operate(op, *other, **kwargs)
 

@@ -401,3 +401,80 @@ def test_the_cli_makes_an_index_key_and_reindexes_a_model(
     assert main([*argv[:4], "no_such_module:User.email_bidx", *argv[5:]]) == 2
     err = capsys.readouterr().err
     assert "cannot import" in err and "Traceback" not in err
+
+
+def _users_table(metadata: sa.MetaData, *indexes: sa.Column[Any]) -> sa.Table:
+    return sa.Table(
+        "bidx_rotating",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", EncryptedType(sa.String(100))),
+        *indexes,
+    )
+
+
+def test_an_index_rotates_without_a_lookup_missing_a_row(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    from sqla_envelope.search import reindex_column
+
+    old = _users_table(metadata, sa.Column("email_bidx", BlindIndex("email")))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(old.insert(), [{"id": i, "email": f"User{i}@x.org"} for i in range(6)])
+        blob = "BYTEA" if engine.dialect.name == "postgresql" else "BLOB"
+        conn.exec_driver_sql(f"ALTER TABLE bidx_rotating ADD COLUMN email_bidx_v2 {blob}")
+    # the next version: case-blind, with a key of its own
+    both = _users_table(
+        sa.MetaData(),
+        sa.Column("email_bidx", BlindIndex("email")),
+        sa.Column(
+            "email_bidx_v2",
+            BlindIndex("email", normalize=str.lower, key=bytes(32), replaces="email_bidx"),
+        ),
+    )
+
+    def ids(table: sa.Table, where: Any) -> list[int]:
+        with engine.connect() as conn:
+            return sorted(conn.execute(sa.select(table.c.id).where(where)).scalars())
+
+    assert ids(both, both.c.email == "User1@x.org") == [1]  # the old index answers
+    with engine.begin() as conn:  # a write during the rotation fills both
+        conn.execute(both.insert().values(id=9, email="Carol@x.org"))
+
+    class StopError(Exception):
+        pass
+
+    def stop_after_one_batch(report: Any) -> None:
+        raise StopError
+
+    with pytest.raises(StopError):
+        reindex_column(engine, both.c.email_bidx_v2, batch_size=3, progress=stop_after_one_batch)
+    # half filled: every row is still found, by one index or the other
+    for i in range(6):
+        assert ids(both, both.c.email == f"User{i}@x.org") == [i]
+    assert ids(both, both.c.email.in_(["User2@x.org", "User4@x.org"])) == [2, 4]
+    # the new normalization answers for the rows it has reached so far
+    assert ids(both, both.c.email == "user1@X.ORG") == [1]
+    assert ids(both, both.c.email == "user4@X.ORG") == []
+    assert ids(both, both.c.email == "carol@x.org") == [9]  # the new index, case-blind
+    assert ids(both, both.c.email != "User0@x.org") == [1, 2, 3, 4, 5, 9]
+    assert ids(both, both.c.email.not_in(["User0@x.org", "User5@x.org"])) == [1, 2, 3, 4, 9]
+
+    assert reindex_column(engine, both.c.email_bidx_v2).changed == 3
+    new = _users_table(
+        sa.MetaData(),
+        sa.Column("email_bidx_v2", BlindIndex("email", normalize=str.lower, key=bytes(32))),
+    )  # the old column dropped
+    assert ids(new, new.c.email == "USER3@X.ORG") == [3]
+
+
+def test_two_unrelated_indexes_of_one_column_must_be_named(metadata: sa.MetaData) -> None:
+    table = _users_table(
+        metadata,
+        sa.Column("email_bidx", BlindIndex("email")),
+        sa.Column("email_lower_bidx", BlindIndex("email", normalize=str.lower)),
+    )
+    with pytest.raises(UnsupportedComparisonError, match="several blind indexes"):
+        table.c.email == "x"  # noqa: B015
+    assert str(table.c.email_lower_bidx == "x")  # the index column itself works

@@ -41,6 +41,10 @@ class BlindIndex(TypeDecorator[bytes]):
     decryption (docs/searching.md). The index's key is derived from the
     encryptor's ``index_key`` with ``label`` (by default ``<table>.<index
     column>``), or is ``key`` (32 bytes) itself.
+
+    ``replaces`` names the index column this one replaces (a new key, ``normalize``
+    or ``bits``): while ``reindex`` fills this one, lookups ask both, so no row is
+    missed; then drop the old column and the argument (docs/searching.md).
     """
 
     impl = LargeBinary
@@ -54,6 +58,7 @@ class BlindIndex(TypeDecorator[bytes]):
         bits: int = 256,
         key: bytes | None = None,
         label: str | None = None,
+        replaces: str | None = None,
     ) -> None:
         if isinstance(source, str):
             sources: tuple[str, ...] = (source,)
@@ -70,6 +75,7 @@ class BlindIndex(TypeDecorator[bytes]):
         self.normalize = normalize
         self.bits = bits
         self.label = label
+        self.replaces = replaces
         self._key = key
         self._column: Column[Any] | None = None
         self._keys: weakref.WeakKeyDictionary[Encryptor, bytes] = weakref.WeakKeyDictionary()
@@ -171,7 +177,15 @@ class BlindIndex(TypeDecorator[bytes]):
     @property
     def _static_cache_key(self) -> tuple[Any, ...]:
         key_id = hashlib.sha256(self._key).digest() if self._key is not None else None
-        return (BlindIndex, self.sources, self.bits, self.label, self.normalize, key_id)
+        return (
+            BlindIndex,
+            self.sources,
+            self.bits,
+            self.label,
+            self.replaces,
+            self.normalize,
+            key_id,
+        )
 
     def __repr__(self) -> str:
         """An importable expression for Alembic (normalize= and key= are the application's)."""
@@ -181,6 +195,8 @@ class BlindIndex(TypeDecorator[bytes]):
             args.append(f"bits={self.bits}")
         if self.label is not None:
             args.append(f"label={self.label!r}")
+        if self.replaces is not None:
+            args.append(f"replaces={self.replaces!r}")
         return f"BlindIndex({', '.join(args)})"
 
 
