@@ -25,6 +25,8 @@ from .hashing import INDEX_KEY_SIZE, blind_hash, derive_index_key
 
 __all__ = ["BlindIndex", "IndexDigest"]
 
+_UNKNOWN = object()
+
 
 class IndexDigest(bytes):
     """Bytes that are already a hash of this index: bound as they are, not hashed again."""
@@ -78,6 +80,7 @@ class BlindIndex(TypeDecorator[bytes]):
         self.replaces = replaces
         self._key = key
         self._column: Column[Any] | None = None
+        self._pinned: Any = _UNKNOWN  # the source's own encryptor, once the table is known
         self._keys: weakref.WeakKeyDictionary[Encryptor, bytes] = weakref.WeakKeyDictionary()
 
     @property
@@ -90,10 +93,10 @@ class BlindIndex(TypeDecorator[bytes]):
         if not isinstance(parent, Column):
             return
         if self._column is None or self._column is parent:
-            self._column = parent
+            self._column, self._pinned = parent, _UNKNOWN
             return
         own = self.copy()  # one type instance per column, as EncryptedType does
-        own._column, own._keys = parent, weakref.WeakKeyDictionary()
+        own._column, own._keys, own._pinned = parent, weakref.WeakKeyDictionary(), _UNKNOWN
         parent.type = own
 
     # -- hashing ----------------------------------------------------------------------
@@ -135,12 +138,15 @@ class BlindIndex(TypeDecorator[bytes]):
         return derived
 
     def _encryptor(self) -> Encryptor:
-        if self._column is not None and getattr(self._column, "table", None) is not None:
-            source = self.source_columns()[0]
-            pinned = getattr(source.type, "encryptor", None)
-            if isinstance(pinned, Encryptor):
-                return pinned
-        return get_default_encryptor()
+        """The source column's own encryptor, else the configured default (looked up each time)."""
+        pinned = self._pinned
+        if pinned is _UNKNOWN:
+            pinned = None
+            if self._column is not None and getattr(self._column, "table", None) is not None:
+                found = getattr(self.source_columns()[0].type, "encryptor", None)
+                pinned = found if isinstance(found, Encryptor) else None
+            self._pinned = pinned
+        return pinned if pinned is not None else get_default_encryptor()
 
     def digest(self, value: Any) -> bytes | None:
         """The index value of a plaintext (a tuple for a compound index); None for NULL."""

@@ -44,4 +44,4 @@ def derive_index_key(index_key: bytes, label: str) -> bytes:
 
 def blind_hash(key: bytes, encoded: bytes, bits: int) -> bytes:
     """HMAC-SHA256 of ``encoded`` under ``key``, its first ``bits`` bits."""
-    return hmac.new(key, encoded, hashlib.sha256).digest()[: bits // 8]
+    return hmac.digest(key, encoded, "sha256")[: bits // 8]  # one-shot, in C
