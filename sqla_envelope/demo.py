@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Date, String, create_engine, func, select, text
+from sqlalchemy import JSON, Date, String, create_engine, func, inspect, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -22,6 +22,7 @@ from .encryptor import Encryptor, configure, get_default_encryptor
 from .envelope import unpack
 from .errors import ConfigurationError, UnsupportedComparisonError
 from .keyrings.local import LocalKeyring
+from .search import BlindIndex, reindex
 from .types import EncryptedType
 
 __all__ = ["Patient", "run"]
@@ -48,16 +49,37 @@ class _Base(DeclarativeBase):
     pass
 
 
+def national_id_key(value: str) -> str:
+    """What the blind index of national_id hashes: spaces and case do not matter."""
+    return value.replace(" ", "").upper()
+
+
 class Patient(_Base):
-    """The demo's model: ``name`` is a plain column, the other three are encrypted."""
+    """The demo's model: ``name`` is a plain column, the other three are encrypted.
+
+    ``national_id_bidx`` is a blind index of ``national_id``: lookups by national id
+    work, through a keyed hash, without the database ever seeing the value.
+    """
 
     __tablename__ = "patients"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
     national_id: Mapped[str] = mapped_column(EncryptedType(String(20)))
+    national_id_bidx: Mapped[bytes | None] = mapped_column(
+        BlindIndex("national_id", normalize=national_id_key)
+    )
     date_of_birth: Mapped[dt.date] = mapped_column(EncryptedType(Date))
     notes: Mapped[dict[str, Any]] = mapped_column(EncryptedType(JSON))
+
+
+class DemoSetting(_Base):
+    """The wrapped blind index key: not secret (the key file's master key wraps it)."""
+
+    __tablename__ = "demo_settings"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(1000))
 
 
 def run(db_path: Path, key_path: Path) -> None:
@@ -75,9 +97,10 @@ def run(db_path: Path, key_path: Path) -> None:
             existing = session.scalar(select(func.count()).select_from(Patient)) or 0
         keyring, key_note = _load_or_create_keys(key_path, db_path, existing)
         previous = _current_default()
-        encryptor = Encryptor(keyring)
+        encryptor = Encryptor(keyring, index_key=_index_key(engine, keyring))
         configure(encryptor)
         try:
+            _add_index_to_an_older_demo(engine)
             if existing:
                 db_note = f"reused, {existing} rows from an earlier run"
             else:
@@ -93,7 +116,7 @@ def run(db_path: Path, key_path: Path) -> None:
                 _table([["Key file", str(key_path), key_note], ["Database", str(db_path), db_note]])
             )
             _show_rows(engine, keyring)
-            _show_comparison()
+            _show_comparison(engine)
             _show_stats(encryptor)
         finally:
             configure(previous)
@@ -125,6 +148,26 @@ def _load_or_create_keys(key_path: Path, db_path: Path, existing: int) -> tuple[
     except OSError as exc:  # name the key file, not to_file's temporary file beside it
         raise OSError(exc.errno, f"cannot write key file: {exc.strerror}", str(key_path)) from exc
     return keyring, f"created, key id {keyring.primary} (mode 0600: keep it secret)"
+
+
+def _index_key(engine: Any, keyring: LocalKeyring) -> str:
+    """The demo database's wrapped blind index key, made on the first run."""
+    with Session(engine) as session, session.begin():
+        setting = session.get(DemoSetting, "index_key")
+        if setting is None:
+            setting = DemoSetting(name="index_key", value=Encryptor(keyring).new_index_key())
+            session.add(setting)
+        return setting.value
+
+
+def _add_index_to_an_older_demo(engine: Any) -> None:
+    """A demo database from before blind indexes: add the column, and fill it."""
+    columns = {column["name"] for column in inspect(engine).get_columns("patients")}
+    if "national_id_bidx" in columns:
+        return
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE patients ADD COLUMN national_id_bidx BLOB"))
+    reindex(engine, Patient.national_id_bidx)
 
 
 def _current_default() -> Encryptor | None:
@@ -166,16 +209,25 @@ def _show_rows(engine: Any, keyring: LocalKeyring) -> None:
         print(textwrap.indent(_table(headers), "  "))
 
 
-def _show_comparison() -> None:
-    print("\nComparing an encrypted column in SQL")
-    print("  select(Patient).where(Patient.national_id == 'QQ123456C')")
+def _show_comparison(engine: Any) -> None:
+    print("\nLooking a patient up by an encrypted column, through its blind index")
+    print("  select(Patient).where(Patient.national_id == 'qq 12 34 56 c')")
+    with Session(engine) as session:
+        found = session.scalars(select(Patient).where(Patient.national_id == "qq 12 34 56 c")).all()
+        names = ", ".join(f"{patient.name} (id {patient.id})" for patient in found)
+        digest = found[0].national_id_bidx if found else None
+    print(f"  finds {names or 'nobody'}: the query compares national_id_bidx, which holds")
+    shown = digest[:8].hex() if digest else "NULL"
+    print(f"  HMAC-SHA256 of 'QQ123456C' under the index key ({shown}…), never the value")
+    print("\nComparisons a hash cannot answer are refused")
+    print("  select(Patient).where(Patient.national_id.like('QQ%'))")
     try:
-        select(Patient).where(Patient.national_id == "QQ123456C")
+        select(Patient).where(Patient.national_id.like("QQ%"))
     except UnsupportedComparisonError as exc:
         message = f"raises UnsupportedComparisonError: {exc}"
         print(textwrap.fill(message, width=96, initial_indent="  ", subsequent_indent="    "))
     else:  # pragma: no cover - EncryptedType always refuses
-        raise AssertionError("comparing an encrypted column did not raise")
+        raise AssertionError("LIKE on an encrypted column did not raise")
 
 
 def _show_stats(encryptor: Encryptor) -> None:

@@ -137,6 +137,26 @@ class TestDemo:
         assert "is gone" in captured.err
         assert not (in_tmp / DEMO_KEYS).exists()
 
+    def test_demo_looks_a_patient_up_through_the_blind_index(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["demo"]) == 0
+        assert "finds Alice Martin (id 1)" in capsys.readouterr().out
+        with closing(sqlite3.connect(in_tmp / DEMO_DB)) as db:
+            digests = [row[0] for row in db.execute("SELECT national_id_bidx FROM patients")]
+        assert len(set(digests)) == 3 and all(len(d) == 32 for d in digests)
+
+    def test_a_demo_database_from_before_blind_indexes_gets_its_index(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["demo"]) == 0
+        with closing(sqlite3.connect(in_tmp / DEMO_DB)) as db:
+            db.execute("ALTER TABLE patients DROP COLUMN national_id_bidx")
+            db.commit()
+        capsys.readouterr()
+        assert main(["demo"]) == 0
+        assert "finds Alice Martin (id 1)" in capsys.readouterr().out
+
     def test_default_encryptor_is_restored(
         self, in_tmp: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
