@@ -120,6 +120,17 @@ class TestExampleApp:
         assert client.get("/patients").get_json() == [created]
         assert client.get(f"/patients/{created['id']}").get_json() == created
 
+    def test_lookup_by_encrypted_national_id_and_no_duplicates(self, app: Flask) -> None:
+        client = app.test_client()
+        alice = create(client)
+        bob = create(client, {**ALICE, "name": "Bob", "national_id": "QQ654321A"})
+        assert client.get("/patients?national_id=qq 12 34 56 c").get_json() == [alice]
+        assert client.get("/patients?national_id=QQ654321A").get_json() == [bob]
+        assert client.get("/patients?national_id=QQ000000X").get_json() == []
+        duplicate = client.post("/patients", json={**ALICE, "national_id": "qq123456c"})
+        assert duplicate.status_code == 409
+        assert len(client.get("/patients").get_json()) == 2
+
     def test_database_holds_envelopes_not_plaintext(
         self, app: Flask, example: ModuleType, key_file: Path
     ) -> None:
@@ -225,8 +236,11 @@ class TestExampleApp:
         tmp_path: Path,
     ) -> None:
         key = make_key()
+        with KmsKeyring(key.alias_name, region_name=REGION, endpoint_url=kms_endpoint) as kms:
+            index_key = Encryptor(kms).new_index_key()  # wrapped by KMS
         app = make_app(
             f"sqlite:///{tmp_path / 'app.db'}",
+            SQLA_ENVELOPE_INDEX_KEY=index_key,
             SQLA_ENVELOPE_KEY_FILE=None,  # None means unset
             SQLA_ENVELOPE_KMS_KEY_ID=key.alias_name,
             SQLA_ENVELOPE_KMS_REGION=REGION,
@@ -241,6 +255,8 @@ class TestExampleApp:
             assert app.test_client().get(f"/patients/{created['id']}").get_json() == created
             stored = bytes(raw_row(app, example, created["id"]).national_id)
             assert unpack_envelope(stored).wrapped_keys[0].key_ref == key.arn
+            lookup = app.test_client().get("/patients?national_id=QQ123456C").get_json()
+            assert lookup == [created]
         finally:
             assert isinstance(keyring, KmsKeyring)
             keyring.close()

@@ -23,10 +23,11 @@ from typing import Any
 from flask import Blueprint, Flask, Response, jsonify, request, url_for
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import JSON, Date, String
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from werkzeug.exceptions import HTTPException
 
-from sqla_envelope import EncryptedType, LocalKeyring
+from sqla_envelope import BlindIndex, EncryptedType, Encryptor, LocalKeyring
 from sqla_envelope.flask import SqlaEnvelope
 
 FIELDS = ("name", "national_id", "date_of_birth", "notes")
@@ -42,8 +43,14 @@ db = SQLAlchemy(model_class=Base)
 envelope = SqlaEnvelope()
 
 
+def national_id_key(value: str) -> str:
+    """National ids compare without spaces or case: 'qq 12 34 56 c' is QQ123456C."""
+    return value.replace(" ", "").upper()
+
+
 class Patient(db.Model):  # type: ignore[name-defined,misc]
-    """``name`` is plain, so it can be searched; the other three are encrypted."""
+    """``name`` is plain; the other three are encrypted. ``national_id`` can still be
+    looked up, and is unique, through its blind index (docs/searching.md)."""
 
     __tablename__ = "patients"
 
@@ -52,6 +59,9 @@ class Patient(db.Model):  # type: ignore[name-defined,misc]
     # Encrypted values are not checked by the database (it sees an envelope): the
     # length limit is enforced in parse_patient.
     national_id: Mapped[str] = mapped_column(EncryptedType(String(MAX_LENGTH["national_id"])))
+    national_id_bidx: Mapped[bytes] = mapped_column(
+        BlindIndex("national_id", normalize=national_id_key), unique=True
+    )
     date_of_birth: Mapped[dt.date] = mapped_column(EncryptedType(Date))
     notes: Mapped[dict[str, Any]] = mapped_column(EncryptedType(JSON))
 
@@ -106,14 +116,23 @@ def create_patient() -> tuple[Response, int, dict[str, str]] | tuple[Response, i
     except ValueError as exc:
         return jsonify(error=str(exc)), 400
     db.session.add(patient)
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()  # the unique blind index: the database never saw the id
+        return jsonify(error="a patient with this national_id exists"), 409
     location = url_for(".show_patient", patient_id=patient.id)
     return jsonify(patient.to_json()), 201, {"Location": location}
 
 
 @patients.get("/patients")
 def list_patients() -> Response:
-    rows = db.session.scalars(db.select(Patient).order_by(Patient.id))
+    """Every patient, or ``?national_id=...``: a lookup through the blind index."""
+    query = db.select(Patient).order_by(Patient.id)
+    national_id = request.args.get("national_id")
+    if national_id is not None:
+        query = query.where(Patient.national_id == national_id)
+    rows = db.session.scalars(query)
     return jsonify([patient.to_json() for patient in rows])
 
 
@@ -150,6 +169,28 @@ def ensure_key_file(path: Path, logger: logging.Logger) -> None:
     )
 
 
+def ensure_index_key(path: Path, key_file: Path) -> str:
+    """The wrapped blind index key kept in ``path``, made under ``key_file`` if missing.
+
+    A configured key file that does not exist is left for init_app to report.
+
+    Not secret: the key file's master key wraps it. Written aside and linked into
+    place, as the key file is, so starting workers agree on one.
+    """
+    if not key_file.exists():
+        return ""
+    if not path.exists():
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        draft.write_text(Encryptor(LocalKeyring.from_file(key_file)).new_index_key())
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The application factory ``flask --app`` finds; ``config`` overrides every default."""
     app = Flask(__name__)
@@ -165,6 +206,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         default = Path(app.instance_path) / "keys.json"
         ensure_key_file(default, app.logger)
         app.config["SQLA_ENVELOPE_KEY_FILE"] = str(default)
+    key_file = app.config.get("SQLA_ENVELOPE_KEY_FILE")
+    if key_file and not app.config.get("SQLA_ENVELOPE_INDEX_KEY"):
+        # The blind index key, wrapped under the key file, kept beside it. With KMS,
+        # set SQLA_ENVELOPE_INDEX_KEY (sqla-envelope index-key new --kms-key-id ...).
+        key_path = Path(key_file)
+        index_key_path = key_path.with_name(f"{key_path.stem}.index-key.txt")
+        app.config["SQLA_ENVELOPE_INDEX_KEY"] = ensure_index_key(index_key_path, key_path)
     if app.config.get("SQLA_ENVELOPE_AUDIT_LOG"):
         # Audit lines are INFO records on the sqla_envelope.audit logger: show them.
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
