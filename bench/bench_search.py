@@ -55,6 +55,15 @@ class Encrypted(Base):
     email: Mapped[str] = mapped_column(EncryptedType(sa.String(100)))
 
 
+class WithColumn(Base):
+    """The floor: the same extra column and unique index, filled with random bytes."""
+
+    __tablename__ = "with_column"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(EncryptedType(sa.String(100)))
+    email_bidx: Mapped[bytes] = mapped_column(sa.LargeBinary(32), unique=True)
+
+
 class Indexed(Base):
     __tablename__ = "indexed"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -72,7 +81,13 @@ def timed(body: Callable[[], Any]) -> float:
 def insert(engine: sa.Engine, model: Any, emails: list[str]) -> float:
     Base.metadata.drop_all(engine, tables=[model.__table__])
     Base.metadata.create_all(engine, tables=[model.__table__])
-    objects = [model(id=i, email=email) for i, email in enumerate(emails)]
+    if model is WithColumn:
+        rng = random.Random(3)
+        objects = [
+            model(id=i, email=email, email_bidx=rng.randbytes(32)) for i, email in enumerate(emails)
+        ]
+    else:
+        objects = [model(id=i, email=email) for i, email in enumerate(emails)]
     with Session(engine) as session:
         session.add_all(objects)
         return timed(session.commit)
@@ -103,13 +118,19 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.rows)
     ]
     wanted = [(i, emails[i]) for i in rng.sample(range(args.rows), args.lookups)]
-    times: dict[str, list[float]] = {
-        k: [] for k in ("insert encrypted", "insert indexed", "lookup plain", "lookup indexed")
-    }
+    names = (
+        "insert encrypted",
+        "insert with a random unique column",
+        "insert indexed",
+        "lookup plain",
+        "lookup indexed",
+    )
+    times: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as folder:
         engine = sa.create_engine(f"sqlite:///{folder}/search.db")
         for _ in range(args.repeat):
             times["insert encrypted"].append(insert(engine, Encrypted, emails))
+            times["insert with a random unique column"].append(insert(engine, WithColumn, emails))
             times["insert indexed"].append(insert(engine, Indexed, emails))
             insert(engine, Plain, emails)
             times["lookup plain"].append(lookups(engine, Plain, wanted))
@@ -124,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for a, b, bar, label in (
         ("insert indexed", "insert encrypted", 1.10, "an index costs at most 10% on insert"),
+        ("insert with a random unique column", "insert encrypted", 0, "the column alone"),
+        ("insert indexed", "insert with a random unique column", 0, "the hashing alone"),
         ("lookup indexed", "lookup plain", 2.0, "a lookup within 2x of a plain indexed column"),
     ):
         best, median = ratio(a, b, min), ratio(a, b, statistics.median)
-        verdict = "PASS" if best <= bar else "FAIL"
-        print(f"  {a} / {b}: {best:.3f} (median {median:.3f}), bar {bar}: {verdict} [{label}]")
+        verdict = "" if not bar else "PASS" if best <= bar else "FAIL"
+        print(f"  {a} / {b}: {best:.3f} (median {median:.3f}) {verdict} [{label}]")
     return 0
 
 

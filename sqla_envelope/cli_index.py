@@ -20,6 +20,7 @@ from .encryptor import Encryptor, configure
 from .keyrings.base import Keyring
 from .keyrings.kms import KmsKeyring
 from .keyrings.local import LocalKeyring
+from .search.planning import measure
 from .search.reindex import reindex_column
 
 __all__ = ["ENV_INDEX_KEY", "add_index_commands"]
@@ -70,20 +71,41 @@ def _model_attribute(spec: str) -> Any:
     return target
 
 
-def _cmd_reindex(args: argparse.Namespace) -> int:
+def _with_model(args: argparse.Namespace, run: Any) -> Any:
+    """``run(engine, attribute)`` with the database, the model and the keys of ``args``."""
     url = args.url or os.environ.get("SQLA_ENVELOPE_URL")
     if not url:
         raise UsageError("--url (or SQLA_ENVELOPE_URL) names the database")
-    index_key = args.index_key or os.environ.get(ENV_INDEX_KEY)
+    index_key = getattr(args, "index_key", None) or os.environ.get(ENV_INDEX_KEY)
     attribute = _model_attribute(args.model)
-    keyring = _keyring(args)
-    configure(Encryptor(keyring, index_key=index_key))
+    configure(Encryptor(_keyring(args), index_key=index_key))
     engine = _engine(url)
     try:
-        report = reindex_column(engine, attribute, batch_size=args.batch_size, dry_run=args.dry_run)
+        return run(engine, attribute)
     finally:
         configure(None)
         engine.dispose()
+
+
+def _cmd_index_plan(args: argparse.Namespace) -> int:
+    if not args.false_positives > 0:
+        raise UsageError("--false-positives must be positive")
+    plan = _with_model(
+        args,
+        lambda engine, attribute: measure(engine, attribute, false_positives=args.false_positives),
+    )
+    print(plan.summary())
+    print(f"recommended: bits={plan.bits}")
+    return 0
+
+
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    report = _with_model(
+        args,
+        lambda engine, attribute: reindex_column(
+            engine, attribute, batch_size=args.batch_size, dry_run=args.dry_run
+        ),
+    )
     print(report.summary(), file=sys.stderr)
     for key, reason in report.failures:
         print(f"  failed: row {key}: {reason}", file=sys.stderr)
@@ -114,17 +136,23 @@ def _key_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _group(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    formatter: type[argparse.HelpFormatter],
+    name: str,
+    help_text: str,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    group = commands.add_parser(
+        name, formatter_class=formatter, help=help_text, description="docs/searching.md"
+    )
+    return group.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+
 def add_index_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     formatter: type[argparse.HelpFormatter],
 ) -> None:
-    index_key = commands.add_parser(
-        "index-key",
-        formatter_class=formatter,
-        help="make the wrapped key of blind indexes",
-        description="Blind index keys (docs/searching.md).",
-    )
-    sub = index_key.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    sub = _group(commands, formatter, "index-key", "make the wrapped key of blind indexes")
     new = sub.add_parser(
         "new",
         formatter_class=formatter,
@@ -137,6 +165,31 @@ def add_index_commands(
     )
     _key_options(new)
     new.set_defaults(handler=_handled(_cmd_index_key_new))
+
+    index_commands = _group(commands, formatter, "index", "size a blind index from a live column")
+    plan = index_commands.add_parser(
+        "plan",
+        formatter_class=formatter,
+        help="count rows and distinct values, and recommend bits",
+        description="Decrypt the index's source column(s), count the rows and the distinct "
+        "normalized\nvalues, and recommend the bits that keep the unrelated rows of one "
+        "lookup at or\nunder --false-positives; say what the index would leak at that size.",
+        epilog=f"example:\n  {PROG} index plan --url sqlite:///app.db --model "
+        "app.models:User.email_bidx \\\n      --key-file app.keys.json",
+    )
+    plan.add_argument("--url", metavar="URL", help="the database [SQLA_ENVELOPE_URL]")
+    plan.add_argument(
+        "--model", metavar="MODULE:MODEL.ATTR", required=True, help="the BlindIndex attribute"
+    )
+    plan.add_argument(
+        "--false-positives",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="unrelated rows one lookup may return, on average (default: %(default)s)",
+    )
+    _key_options(plan)
+    plan.set_defaults(handler=_handled(_cmd_index_plan))
 
     reindex = commands.add_parser(
         "reindex",

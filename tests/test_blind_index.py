@@ -398,6 +398,11 @@ def test_the_cli_makes_an_index_key_and_reindexes_a_model(
         assert found.scalars().all() == [1]
     engine.dispose()
 
+    plan = ["index", "plan", "--url", "sqlite:///cli.db", "--model", "bidx_cli_app:User.email_bidx"]
+    assert main([*plan, "--key-file", "app.keys.json"]) == 0
+    out = capsys.readouterr().out
+    assert "2 rows, 2 distinct values" in out and "recommended: bits=16" in out
+
     assert main([*argv[:4], "no_such_module:User.email_bidx", *argv[5:]]) == 2
     err = capsys.readouterr().err
     assert "cannot import" in err and "Traceback" not in err
@@ -478,3 +483,20 @@ def test_two_unrelated_indexes_of_one_column_must_be_named(metadata: sa.MetaData
     with pytest.raises(UnsupportedComparisonError, match="several blind indexes"):
         table.c.email == "x"  # noqa: B015
     assert str(table.c.email_lower_bidx == "x")  # the index column itself works
+
+
+def test_measure_counts_rows_and_distinct_normalized_values(engine: sa.Engine, users: Any) -> None:
+    from sqla_envelope.search.planning import measure
+
+    User = users
+    with Session(engine) as session:
+        emails = [f"user{i % 40}@x.org" for i in range(100)]
+        emails += [f"USER{i % 40}@X.ORG" for i in range(100)]
+        session.add_all([User(id=i, phone=email) for i, email in enumerate(emails)])
+        session.add(User(id=999, phone=None))
+        session.commit()
+    plan = measure(engine, User.phone_bidx, false_positives=0.01)
+    # phone_bidx does not normalize: case makes distinct values
+    assert (plan.rows, plan.distinct) == (200, 80)
+    assert plan.bits == 16  # 200 / 2**16 = 0.003 unrelated rows per lookup
+    assert plan.values_per_hash < 2 and "shows which rows are equal" in plan.summary()

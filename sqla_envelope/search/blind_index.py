@@ -148,16 +148,19 @@ class BlindIndex(TypeDecorator[bytes]):
             self._pinned = pinned
         return pinned if pinned is not None else get_default_encryptor()
 
+    def normalized(self, value: Any) -> Any:
+        """What is hashed for a plaintext (a tuple for a compound index); None for NULL."""
+        if value is None or self.normalize is None:
+            return value
+        return self.normalize(*value) if len(self.sources) > 1 else self.normalize(value)
+
     def digest(self, value: Any) -> bytes | None:
         """The index value of a plaintext (a tuple for a compound index); None for NULL."""
-        if value is None:
-            return None
         if isinstance(value, IndexDigest):
             return bytes(value)
-        if self.normalize is not None:
-            value = self.normalize(*value) if len(self.sources) > 1 else self.normalize(value)
-            if value is None:
-                return None
+        value = self.normalized(value)
+        if value is None:
+            return None
         return blind_hash(self.index_key(), canonical(value), self.bits)
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:

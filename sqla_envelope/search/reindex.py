@@ -10,6 +10,7 @@ which kept its index in step.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,7 +21,7 @@ from ..schema_binding import translation_of
 from ..walk import SKIP, ColumnReport, Progress, Shard, walk_column
 from .blind_index import BlindIndex, IndexDigest
 
-__all__ = ["index_column", "reindex", "reindex_column"]
+__all__ = ["index_column", "reindex", "reindex_column", "source_readers"]
 
 
 def index_column(index: Any) -> tuple[sa.Table, sa.Column[Any], BlindIndex]:
@@ -32,6 +33,23 @@ def index_column(index: Any) -> tuple[sa.Table, sa.Column[Any], BlindIndex]:
     if not isinstance(target, sa.Column) or not isinstance(target.type, BlindIndex):
         raise ConfigurationError(f"{index!r} is not a BlindIndex column or attribute")
     return target.table, target, target.type
+
+
+def source_readers(sources: Sequence[sa.Column[Any]], bind: Any) -> list[Callable[[Any], Any]]:
+    """For each encrypted source column: stored value -> plaintext (None for NULL)."""
+    translation = translation_of(bind)
+    readers: list[Callable[[Any], Any]] = []
+    for source in sources:
+        _, _, type_ = encrypted_column(source)
+        encryptor, load = column_encryptor(type_), type_.envelope_loader()
+        decode, context = type_.codec.decode, type_.context_under(translation)
+
+        def read(stored: Any, encryptor: Any = encryptor, load: Any = load, decode: Any = decode,
+                 context: Any = context) -> Any:  # fmt: skip
+            return None if stored is None else decode(encryptor.open(load(stored), context))
+
+        readers.append(read)
+    return readers
 
 
 def reindex_column(
@@ -51,24 +69,11 @@ def reindex_column(
     """
     table, column, index_type = index_column(index)
     sources = index_type.source_columns()
-    readers = []
-    translation = translation_of(bind)
-    for source in sources:
-        _, _, type_ = encrypted_column(source)
-        readers.append(
-            (
-                column_encryptor(type_),
-                type_.envelope_loader(),
-                type_.codec.decode,
-                type_.context_under(translation),
-            )
-        )
+    readers = source_readers(sources, bind)
 
     def transform(row: tuple[Any, ...]) -> Any:
         *stored_sources, current = row
-        values = []
-        for stored, (encryptor, load, decode, context) in zip(stored_sources, readers, strict=True):
-            values.append(None if stored is None else decode(encryptor.open(load(stored), context)))
+        values = [read(stored) for stored, read in zip(stored_sources, readers, strict=True)]
         plain = values[0] if len(values) == 1 else tuple(values)
         digest = None if all(value is None for value in values) else index_type.digest(plain)
         if current is not None:
