@@ -13,15 +13,19 @@ import argparse
 import importlib
 import os
 import sys
+import time
 from typing import Any
 
-from .cli_job import PROG, UsageError, _engine, fail
+from .cli_job import PROG, UsageError, _engine, _start_after, fail
+from .cli_ops import run_options
 from .encryptor import Encryptor, configure
+from .errors import ConfigurationError
 from .keyrings.base import Keyring
 from .keyrings.kms import KmsKeyring
 from .keyrings.local import LocalKeyring
 from .search.planning import measure
-from .search.reindex import reindex_column
+from .search.reindex import index_column, reindex_column
+from .walk import ColumnReport, Shard
 
 __all__ = ["ENV_INDEX_KEY", "add_index_commands"]
 
@@ -100,12 +104,31 @@ def _cmd_index_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_reindex(args: argparse.Namespace) -> int:
-    report = _with_model(
-        args,
-        lambda engine, attribute: reindex_column(
-            engine, attribute, batch_size=args.batch_size, dry_run=args.dry_run
-        ),
-    )
+    try:
+        shard = Shard.parse(args.shard) if args.shard else None
+    except ConfigurationError as exc:
+        raise UsageError(f"--shard: {exc}") from None
+    interval, last = args.progress_interval, [time.monotonic()]
+
+    def progress(report: ColumnReport) -> None:
+        if time.monotonic() - last[0] >= interval:
+            last[0] = time.monotonic()
+            print(f"{report.summary()} (last key {report.last_key})", file=sys.stderr)
+
+    def run(engine: Any, attribute: Any) -> ColumnReport:
+        pk = list(index_column(attribute)[0].primary_key.columns)
+        return reindex_column(
+            engine,
+            attribute,
+            batch_size=args.batch_size,
+            dry_run=args.dry_run,
+            strict=args.strict,
+            shard=shard,
+            start_after=_start_after(args.start_after, pk),
+            progress=progress,
+        )
+
+    report = _with_model(args, run)
     print(report.summary(), file=sys.stderr)
     for key, reason in report.failures:
         print(f"  failed: row {key}: {reason}", file=sys.stderr)
@@ -209,7 +232,6 @@ def add_index_commands(
     reindex.add_argument(
         "--index-key", metavar="TEXT", help=f"the wrapped index key [{ENV_INDEX_KEY}]"
     )
-    reindex.add_argument("--batch-size", type=int, default=1000, metavar="N")
-    reindex.add_argument("--dry-run", action="store_true", help="count, write nothing")
+    run_options(reindex.add_argument_group("the run"), writes=True)
     _key_options(reindex)
     reindex.set_defaults(handler=_handled(_cmd_reindex))

@@ -390,6 +390,10 @@ def test_the_cli_makes_an_index_key_and_reindexes_a_model(
     sqla_envelope.configure(None)
     argv = ["reindex", "--url", "sqlite:///cli.db", "--model", "bidx_cli_app:User.email_bidx"]
     argv += ["--key-file", "app.keys.json", "--index-key", index_key]
+    assert main([*argv, "--shard", "1/2", "--dry-run"]) == 0  # ids 1..2: the upper half
+    assert "would change" in capsys.readouterr().err
+    assert main([*argv, "--shard", "2/2"]) == 2
+    assert "--shard" in capsys.readouterr().err
     assert main(argv) == 0
     assert "2 changed" in capsys.readouterr().err
     sqla_envelope.configure(Encryptor(LocalKeyring.from_file("app.keys.json"), index_key=index_key))
@@ -500,3 +504,37 @@ def test_measure_counts_rows_and_distinct_normalized_values(engine: sa.Engine, u
     assert (plan.rows, plan.distinct) == (200, 80)
     assert plan.bits == 16  # 200 / 2**16 = 0.003 unrelated rows per lookup
     assert plan.values_per_hash < 2 and "shows which rows are equal" in plan.summary()
+
+
+def test_update_delete_and_exists_filter_through_the_index(engine: sa.Engine, users: Any) -> None:
+    User = users
+    with Session(engine) as session:
+        session.add_all([User(id=i, email=f"u{i}@x.org", phone=f"+1 {i}") for i in range(4)])
+        session.commit()
+        session.execute(sa.update(User).where(User.email == "U1@x.org").values(phone="+1 99"))
+        session.execute(sa.delete(User).where(User.email.in_(["u2@x.org", "u3@x.org"])))
+        session.commit()
+        assert found(session, User, User.phone == "+1 99") == [1]
+        assert found(session, User, sa.true()) == [0, 1]
+        has_u0 = sa.exists().where(User.email == "u0@x.org")
+        assert session.scalar(sa.select(has_u0)) is True
+
+
+def test_a_unique_constraint_over_the_index_and_another_column(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor
+) -> None:
+    members = sa.Table(
+        "bidx_members",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("tenant", sa.String(20), nullable=False),
+        sa.Column("email", EncryptedType(sa.String(100))),
+        sa.Column("email_bidx", BlindIndex("email", normalize=str.lower)),
+        sa.UniqueConstraint("tenant", "email_bidx"),
+    )
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(members.insert().values(id=1, tenant="acme", email="a@x.org"))
+        conn.execute(members.insert().values(id=2, tenant="globex", email="A@x.org"))
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(members.insert().values(id=3, tenant="acme", email="A@X.org"))
