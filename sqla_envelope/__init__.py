@@ -16,6 +16,8 @@ from .errors import EnvelopeError as EnvelopeError
 from .errors import InvalidValueError as InvalidValueError
 from .errors import KeyringError as KeyringError
 from .errors import MalformedEnvelopeError as MalformedEnvelopeError
+from .errors import SecretExists as SecretExists
+from .errors import SecretNotFound as SecretNotFound
 from .errors import UnsupportedComparisonError as UnsupportedComparisonError
 from .keyrings import DataKey as DataKey
 from .keyrings import Keyring as Keyring
@@ -25,6 +27,7 @@ from .rotation import rewrap as rewrap
 from .search import BlindIndex as BlindIndex
 from .search import plan_bits as plan_bits
 from .search import reindex as reindex
+from .secrets import SecretStore as SecretStore
 from .sql_guard import install as _install_sql_guard
 from .types import EncryptedType as EncryptedType
 
@@ -49,6 +52,9 @@ __all__ = [
     "KmsKeyring",
     "LocalKeyring",
     "MalformedEnvelopeError",
+    "SecretExists",
+    "SecretNotFound",
+    "SecretStore",
     "UnsupportedComparisonError",
     "WrappedKey",
     "configure",

@@ -6,6 +6,8 @@ EnvelopeError
  ├── KeyringError                the key service could not do its job
  ├── InvalidValueError           a value does not fit the column's logical type
  ├── UnsupportedComparisonError  SQL that compares or transforms a randomized ciphertext
+ ├── SecretNotFound              no secret of that name (and version) in the store
+ ├── SecretExists                that version of the secret is already stored
  └── DecryptionError             a stored value cannot be decrypted
       └── MalformedEnvelopeError the bytes are not an envelope we know
 ```
@@ -31,6 +33,8 @@ __all__ = [
     "InvalidValueError",
     "KeyringError",
     "MalformedEnvelopeError",
+    "SecretExists",
+    "SecretNotFound",
     "UnsupportedComparisonError",
 ]
 
@@ -118,3 +122,14 @@ class MalformedEnvelopeError(DecryptionError):
 
     Truncated, garbage, or written by a newer version of the library.
     """
+
+
+class SecretNotFound(EnvelopeError, KeyError):  # noqa: N818 - the name shared/API.md fixes
+    """Raised by the credential store for a name (or version) it does not hold."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class SecretExists(EnvelopeError):  # noqa: N818 - the name shared/API.md fixes
+    """Raised by the credential store for a version that is already stored; nothing changes."""

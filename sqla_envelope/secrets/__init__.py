@@ -1,0 +1,14 @@
+"""The credential store: named, versioned secrets on any SQL database (credstash's job).
+
+``SecretStore`` keeps each secret under its own data key, bound to the store,
+its name and its version; the ``sqla-envelope secrets`` commands (cli_secrets.py)
+give it credstash's command line.
+"""
+
+from __future__ import annotations
+
+from .store import SecretInfo as SecretInfo
+from .store import SecretMap as SecretMap
+from .store import SecretStore as SecretStore
+
+__all__ = ["SecretInfo", "SecretMap", "SecretStore"]

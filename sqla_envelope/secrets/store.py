@@ -1,0 +1,361 @@
+"""SecretStore: credstash's job on any SQL database, each secret under its own data key.
+
+One row per (name, version). Each value is sealed by the Encryptor under a
+fresh data key, with an encryption context that binds it to this store, its
+name and its version, plus the caller's own context (which a KMS keyring sends
+to KMS, and CloudTrail records): a ciphertext copied to another name, version
+or store fails to decrypt, which credstash cannot say (its issue #134). Versions
+are integers, so the latest is the numerically highest (credstash compared
+zero-padded strings). The caller's context is stored beside the value, since it
+is not secret (credstash did not keep it, #130), but a read must still give it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import fnmatch
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ..encryptor import Encryptor, get_default_encryptor
+from ..errors import (
+    ConfigurationError,
+    DecryptionError,
+    EnvelopeError,
+    SecretExists,
+    SecretNotFound,
+)
+
+__all__ = ["RESERVED_PREFIX", "SecretInfo", "SecretMap", "SecretStore"]
+
+RESERVED_PREFIX = "sqla_envelope:"
+NAME_LENGTH = 255
+# Concurrent writers of one name each take max(version) + 1; the losers of the
+# race try the next one. Bounded so a broken database cannot spin forever.
+_VERSION_RACE_RETRIES = 50
+_PAYLOAD_SIZE = 16 * 1024 * 1024  # MEDIUMBLOB on MySQL: a secret is small
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """One stored version of a secret, without its value."""
+
+    name: str
+    version: int
+    comment: str | None
+    created_at: dt.datetime | None
+    context: dict[str, str] | None
+
+
+class SecretStore:
+    """Named, versioned secrets in a table of ``bind`` (an Engine or a database URL).
+
+    ``encryptor`` defaults to the configured one (``sqla_envelope.configure``),
+    looked up at each call. Thread-safe as far as the Engine is.
+    """
+
+    def __init__(
+        self,
+        bind: Engine | str,
+        encryptor: Encryptor | None = None,
+        *,
+        table: str = "credential_store",
+    ) -> None:
+        self.engine = sa.create_engine(bind) if isinstance(bind, str) else bind
+        if encryptor is not None and not isinstance(encryptor, Encryptor):
+            raise ConfigurationError("encryptor= takes an Encryptor or None")
+        self._encryptor = encryptor
+        self.table_name = table
+        self.table = sa.Table(
+            table,
+            sa.MetaData(),
+            sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
+            sa.Column("version", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("payload", sa.LargeBinary(_PAYLOAD_SIZE), nullable=False),
+            sa.Column("value_type", sa.String(5), nullable=False),
+            sa.Column("comment", sa.Text),
+            sa.Column("context", sa.JSON),
+            sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        )
+
+    def __repr__(self) -> str:
+        return f"SecretStore({self.engine.url!r}, table={self.table_name!r})"
+
+    @property
+    def encryptor(self) -> Encryptor:
+        return self._encryptor if self._encryptor is not None else get_default_encryptor()
+
+    # -- the table -----------------------------------------------------------------------
+
+    def create_table(self) -> bool:
+        """Create the table if it is missing; True if it was created."""
+        existed = sa.inspect(self.engine).has_table(self.table_name)
+        self.table.create(self.engine, checkfirst=True)
+        return not existed
+
+    # -- writing -------------------------------------------------------------------------
+
+    def put(
+        self,
+        name: str,
+        value: str | bytes,
+        *,
+        version: int | None = None,
+        context: Mapping[str, str] | None = None,
+        comment: str | None = None,
+    ) -> int:
+        """Store a new version of ``name`` and return its number.
+
+        Without ``version``, the next one after the highest stored (1 for a new
+        name); concurrent writers each get their own, and no write is lost. A
+        version that exists raises SecretExists and changes nothing.
+        """
+        _check_name(name)
+        if isinstance(value, str):
+            plaintext, value_type = value.encode("utf-8", "surrogatepass"), "str"
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            plaintext, value_type = bytes(value), "bytes"
+        else:
+            raise ConfigurationError(f"a secret is str or bytes, not {type(value).__name__}")
+        user = _user_context(context)
+        if version is not None:
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise ConfigurationError("version= is a positive integer")
+            if self._insert(name, version, plaintext, value_type, user, comment):
+                return version
+            raise SecretExists(f"secret {name!r} version {version} is already stored")
+        for _ in range(_VERSION_RACE_RETRIES):
+            version = self.highest_version(name) + 1
+            if self._insert(name, version, plaintext, value_type, user, comment):
+                return version
+        raise EnvelopeError(
+            f"could not store secret {name!r}: {_VERSION_RACE_RETRIES} concurrent writers "
+            "took every next version first"
+        )
+
+    def _insert(
+        self,
+        name: str,
+        version: int,
+        plaintext: bytes,
+        value_type: str,
+        user: dict[str, str],
+        comment: str | None,
+    ) -> bool:
+        """One INSERT; False when the version was taken (by this call's race or earlier)."""
+        payload = self.encryptor.encrypt(plaintext, self._context(name, version, user))
+        row = {
+            "name": name,
+            "version": version,
+            "payload": payload,
+            "value_type": value_type,
+            "comment": comment,
+            "context": user or None,
+            "created_at": dt.datetime.now(dt.timezone.utc),
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.table.insert(), row)
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def _context(self, name: str, version: int, user: Mapping[str, str]) -> dict[str, str]:
+        return {
+            **user,
+            RESERVED_PREFIX + "store": self.table_name,
+            RESERVED_PREFIX + "name": name,
+            RESERVED_PREFIX + "version": str(version),
+        }
+
+    # -- reading -------------------------------------------------------------------------
+
+    def highest_version(self, name: str) -> int:
+        """The highest version stored for ``name``; 0 when there is none."""
+        query = sa.select(sa.func.max(self.table.c.version)).where(self.table.c.name == name)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def get(
+        self, name: str, *, version: int | None = None, context: Mapping[str, str] | None = None
+    ) -> str | bytes:
+        """The latest version of ``name``, or ``version``; str or bytes as it was put.
+
+        ``context`` must be the one given to ``put`` (in any order). SecretNotFound
+        when there is no such secret; DecryptionError (naming the secret, never
+        the value) when the context differs or the row was altered.
+        """
+        _check_name(name)
+        t = self.table
+        query = sa.select(t.c.version, t.c.payload, t.c.value_type).where(t.c.name == name)
+        if version is not None:
+            query = query.where(t.c.version == version)
+        query = query.order_by(t.c.version.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            which = f" version {version}" if version is not None else ""
+            raise SecretNotFound(f"secret {name!r}{which} not found")
+        return self._open(name, row.version, row.payload, row.value_type, _user_context(context))
+
+    def _open(
+        self, name: str, version: int, payload: bytes, value_type: str, user: dict[str, str]
+    ) -> str | bytes:
+        try:
+            plaintext = self.encryptor.decrypt(bytes(payload), self._context(name, version, user))
+        except DecryptionError as exc:
+            raise DecryptionError(
+                f"secret {name!r} version {version} cannot be decrypted: give the context it "
+                f"was stored with, and a keyring that holds its key ({exc})"
+            ).chain(exc) from exc
+        return plaintext.decode("utf-8", "surrogatepass") if value_type == "str" else plaintext
+
+    def get_all(
+        self,
+        *,
+        pattern: str | None = None,
+        context: Mapping[str, str] | None = None,
+        skip_undecryptable: bool = False,
+    ) -> dict[str, str | bytes]:
+        """The latest version of every name (matching the glob ``pattern``), in one query.
+
+        Decrypted concurrently when the keyring waits on a network (KMS). The first
+        secret that fails raises, naming it; with ``skip_undecryptable`` it is
+        left out instead, and ``skipped`` (an attribute of the result) names it.
+        """
+        t = self.table
+        latest = (
+            sa.select(t.c.name, sa.func.max(t.c.version).label("version"))
+            .group_by(t.c.name)
+            .subquery()
+        )
+        query = sa.select(t.c.name, t.c.version, t.c.payload, t.c.value_type).join(
+            latest, sa.and_(t.c.name == latest.c.name, t.c.version == latest.c.version)
+        )
+        with self.engine.connect() as conn:
+            rows = [row for row in conn.execute(query) if _matches(row.name, pattern)]
+        user = _user_context(context)
+
+        def open_row(row: Any) -> tuple[str, str | bytes | DecryptionError]:
+            try:
+                return row.name, self._open(
+                    row.name, row.version, row.payload, row.value_type, user
+                )
+            except DecryptionError as exc:
+                if not skip_undecryptable:
+                    raise
+                return row.name, exc
+
+        remote = bool(getattr(self.encryptor.keyring, "unwraps_remotely", False))
+        if remote and len(rows) > 1:
+            with ThreadPoolExecutor(min(len(rows), self.encryptor.max_workers)) as pool:
+                opened = list(pool.map(open_row, rows))
+        else:
+            opened = [open_row(row) for row in rows]
+        result = SecretMap()
+        for name, value in sorted(opened, key=lambda pair: pair[0]):
+            if isinstance(value, DecryptionError):
+                result.skipped.append(name)
+            else:
+                result[name] = value
+        return result
+
+    def list(self, *, pattern: str | None = None) -> builtins.list[SecretInfo]:
+        """Every stored version (of the names matching ``pattern``), by name then version."""
+        t = self.table
+        query = sa.select(t.c.name, t.c.version, t.c.comment, t.c.created_at, t.c.context)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(t.c.name, t.c.version)).all()
+        return [_info(row) for row in rows if _matches(row.name, pattern)]
+
+    def keys(self) -> builtins.list[str]:
+        """Every name, sorted, once."""
+        with self.engine.connect() as conn:
+            names = conn.execute(sa.select(self.table.c.name).distinct()).scalars()
+            return sorted(names)
+
+    def history(self, name: str) -> builtins.list[SecretInfo]:
+        """Every version of ``name``, oldest first; SecretNotFound when there is none."""
+        _check_name(name)
+        t = self.table
+        query = (
+            sa.select(t.c.name, t.c.version, t.c.comment, t.c.created_at, t.c.context)
+            .where(t.c.name == name)
+            .order_by(t.c.version)
+        )
+        with self.engine.connect() as conn:
+            found = [_info(row) for row in conn.execute(query)]
+        if not found:
+            raise SecretNotFound(f"secret {name!r} not found")
+        return found
+
+    # -- deleting ------------------------------------------------------------------------
+
+    def delete(self, name: str, *, version: int | None = None) -> int:
+        """Delete every version of ``name``, or one; the number of versions deleted."""
+        _check_name(name)
+        t = self.table
+        statement = t.delete().where(t.c.name == name)
+        if version is not None:
+            statement = statement.where(t.c.version == version)
+        with self.engine.begin() as conn:
+            return int(conn.execute(statement).rowcount)
+
+    def prune(self, name: str, *, keep: int) -> int:
+        """Delete all but the ``keep`` latest versions of ``name``; the number deleted."""
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ConfigurationError("keep= is a positive integer: prune never deletes them all")
+        versions = [info.version for info in self.history(name)]
+        doomed = versions[:-keep]
+        if not doomed:
+            return 0
+        t = self.table
+        statement = t.delete().where(t.c.name == name, t.c.version.in_(doomed))
+        with self.engine.begin() as conn:
+            return int(conn.execute(statement).rowcount)
+
+
+class SecretMap(dict[str, "str | bytes"]):
+    """What ``get_all`` returns: name -> value, and the names it ``skipped``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: list[str] = []
+
+    def __repr__(self) -> str:  # never the values
+        return f"SecretMap(<{len(self)} secrets>, skipped={self.skipped!r})"
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
+        raise ConfigurationError(f"a secret's name is a non-empty string of at most {NAME_LENGTH}")
+
+
+def _user_context(context: Mapping[str, str] | None) -> dict[str, str]:
+    if not context:
+        return {}
+    user = dict(context)
+    for key, value in user.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigurationError("a secret's context maps strings to strings")
+        if key.startswith(RESERVED_PREFIX):
+            raise ConfigurationError(f"context keys starting with {RESERVED_PREFIX!r} are reserved")
+    return user
+
+
+def _matches(name: str, pattern: str | None) -> bool:
+    """Glob matching (``*``, ``?``, ``[...]``), case-sensitive; credstash used a regex."""
+    return pattern is None or fnmatch.fnmatchcase(name, pattern)
+
+
+def _info(row: Any) -> SecretInfo:
+    created = row.created_at
+    if created is not None and created.tzinfo is None:
+        created = created.replace(tzinfo=dt.timezone.utc)  # SQLite and MySQL drop the zone
+    return SecretInfo(row.name, int(row.version), row.comment, created, row.context)
