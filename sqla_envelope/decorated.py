@@ -97,36 +97,51 @@ class Decorators:
             return None
         return keys
 
-    def binder(self) -> Convert | None:
-        """Application value -> the impl's value, outermost decorator first; or None."""
-        return _converter(self._binds, "process_bind_param", _unwritable)
+    def before(self, process: Convert, label: str = "") -> Convert:
+        """``process`` (a bind processor, or an encode) after the decorators' conversions.
 
-    def resulter(self) -> Convert | None:
-        """The impl's value -> application value, innermost decorator first; or None."""
-        return _converter(self._results, "process_result_value", _unreadable)
+        Outermost decorator first, from the application's value to the impl's.
+        ``label`` (the column) starts the message of the InvalidValueError raised
+        for a decorator's failure.
+        """
+        bind = _converter(self._binds, "process_bind_param", _unwritable(label))
+        if bind is None:
+            return process
+        return lambda value: process(bind(value))
+
+    def after(self, process: Convert, label: str = "") -> Convert:
+        """``process`` (a result processor, or a decode), then the decorators' conversions.
+
+        Innermost decorator first; a decorator's failure raises DecryptionError.
+        """
+        result = _converter(self._results, "process_result_value", _unreadable(label))
+        if result is None:
+            return process
+        return lambda value: result(process(value))
 
     def around(self, codec: Codec) -> Codec:
         """``codec`` with the decorators' conversions: encodes and decodes application values."""
-        bind, result = self.binder(), self.resulter()
-        encode, decode = codec.encode, codec.decode
-        if bind is not None:
-            encode = lambda value: codec.encode(bind(value))  # noqa: E731
-        if result is not None:
-            decode = lambda data: result(codec.decode(data))  # noqa: E731
-        return codec._replace(encode=encode, decode=decode)
+        return codec._replace(encode=self.before(codec.encode), decode=self.after(codec.decode))
 
 
-def _unwritable(name: str, failure: Exception) -> Exception:
-    return InvalidValueError(f"{name} could not convert this value: {type(failure).__name__}")
+Failure = Callable[[str, Exception], Exception]
 
 
-def _unreadable(name: str, failure: Exception) -> Exception:
-    return DecryptionError(f"decrypted value is not a valid {name} value: {type(failure).__name__}")
+def _unwritable(label: str) -> Failure:
+    prefix = f"{label}: " if label else ""
+    return lambda name, failure: InvalidValueError(
+        f"{prefix}{name} could not convert this value: {type(failure).__name__}"
+    )
 
 
-def _converter(
-    decorators: list[TypeDecorator[Any]], hook: str, error: Callable[[str, Exception], Exception]
-) -> Convert | None:
+def _unreadable(label: str) -> Failure:
+    prefix = f"{label}: " if label else ""
+    return lambda name, failure: DecryptionError(
+        f"{prefix}decrypted value is not a valid {name} value: {type(failure).__name__}"
+    )
+
+
+def _converter(decorators: list[TypeDecorator[Any]], hook: str, error: Failure) -> Convert | None:
     """One function applying each decorator's ``hook`` in turn, or None when there is none."""
     if not decorators:
         return None

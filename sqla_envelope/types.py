@@ -254,7 +254,8 @@ class EncryptedType(TypeDecorator[Any]):
                 return store(envelope)
             raise self._unwritable(failure)
 
-        decorated = self._decorated_bind(process)
+        # The TypeDecorator's own conversion, for None too, as SQLAlchemy calls it.
+        decorated = self._decorators.before(process, self._label())
         if dialect.name not in ("mysql", "mariadb"):
             return decorated
         # MySQL without a strict sql_mode cuts a value too long for its column,
@@ -296,40 +297,7 @@ class EncryptedType(TypeDecorator[Any]):
                 failure = exc
             return self._unreadable(stored, failure)
 
-        return self._decorated_result(process)
-
-    def _decorated_bind(self, process: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """``process`` after the TypeDecorator's own conversion, for None too as SQLAlchemy does."""
-        bind = self._decorators.binder()
-        if bind is None:
-            return process
-
-        def process_decorated(value: Any) -> Any:
-            try:
-                value = bind(value)
-            except InvalidValueError as exc:
-                failure = exc
-            else:
-                return process(value)
-            raise self._unwritable(failure)
-
-        return process_decorated
-
-    def _decorated_result(self, process: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """``process``, then the TypeDecorator's own conversion of what it read."""
-        result = self._decorators.resulter()
-        if result is None:
-            return process
-
-        def process_decorated(value: Any) -> Any:
-            decoded = process(value)
-            try:
-                return result(decoded)
-            except DecryptionError as exc:
-                failure = exc
-            raise DecryptionError(f"{self._label()}: {failure}")
-
-        return process_decorated
+        return self._decorators.after(process, self._label())
 
     def _unwritable(self, failure: Exception) -> InvalidValueError:
         """The error for a value that cannot be encrypted, holding nothing of the value.
