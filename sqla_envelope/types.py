@@ -43,12 +43,14 @@ class EncryptedType(TypeDecorator[Any]):
     """A column whose every non-NULL value is encrypted under its own data key.
 
     ``impl_type`` is the logical type the application sees (String, Integer,
-    JSON, ...). The value is bound to its table and column as authenticated
-    context, ``{"table": ..., "column": ...}``, unless ``context=`` gives a stable
-    label of your own (so renames need no re-encryption). ``encryptor=None`` uses
-    the default set by ``configure()``, looked up when a value is first encrypted
-    or decrypted. ``storage="base64"`` keeps envelopes as text for schemas that
-    cannot hold binary.
+    JSON, ..., or a TypeDecorator over one of them, whose own conversions run
+    before encryption and after decryption: decorated.py). The value is bound
+    to its table and column as authenticated context, ``{"table": ...,
+    "column": ...}``, unless ``context=`` gives a stable label of your own (so
+    renames need no re-encryption). ``encryptor=None`` uses the default set by
+    ``configure()``, looked up when a value is first encrypted or decrypted.
+    ``storage="base64"`` keeps envelopes as text for schemas that cannot hold
+    binary.
 
     ``allow_plaintext=True`` is for the duration of a migration only (as Rails'
     ``support_unencrypted_data``): a stored value that is not an envelope at all
