@@ -22,7 +22,7 @@ from sqlalchemy import types as sqltypes
 
 from .errors import ConfigurationError, DecryptionError, InvalidValueError
 
-__all__ = ["Codec", "codec_for", "supported_types"]
+__all__ = ["Codec", "codec_for", "is_supported", "supported_types"]
 
 Encode = Callable[[Any], bytes]
 Decode = Callable[[bytes], Any]
@@ -323,6 +323,11 @@ _TABLE: tuple[tuple[type[sqltypes.TypeEngine[Any]], Callable[[Any], Codec]], ...
 
 def supported_types() -> tuple[str, ...]:
     return tuple(cls.__name__.lstrip("_") for cls, _ in _TABLE)
+
+
+def is_supported(type_: sqltypes.TypeEngine[Any]) -> bool:
+    """Whether a logical type has a codec of its own (TypeDecorators over one are not)."""
+    return any(isinstance(type_, cls) for cls, _ in _TABLE)
 
 
 def codec_for(type_: sqltypes.TypeEngine[Any]) -> Codec:

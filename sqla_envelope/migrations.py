@@ -208,9 +208,16 @@ def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
     Alembic renders a custom type as ``<module>.<repr>`` but does not import the
     module; with this hook in ``env.py`` (``context.configure(...,
     render_item=render_item)``) every migration that uses EncryptedType or
-    BlindIndex imports it. Returns False for everything else, so Alembic renders it as usual.
+    BlindIndex imports it, and the module of a logical type that is not
+    SQLAlchemy's (a TypeDecorator of sqlalchemy-utils or of the application),
+    which the rendering names. Returns False for everything else, so Alembic
+    renders it as usual.
     """
     if type_ == "type" and isinstance(obj, (EncryptedType, BlindIndex)):
         autogen_context.imports.add("import sqla_envelope")
+        if isinstance(obj, EncryptedType):
+            module = type(obj.impl_type).__module__
+            if not module.startswith("sqlalchemy."):
+                autogen_context.imports.add(f"import {module}")
         return f"sqla_envelope.{obj!r}"
     return False

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Column, Dialect, LargeBinary, String, Text
+from sqlalchemy.sql.cache_key import NO_CACHE
 from sqlalchemy.sql.type_api import TypeDecorator, TypeEngine
 from sqlalchemy.types import to_instance
 
@@ -13,6 +14,7 @@ from .codecs import Codec, codec_for
 from .comparisons import GuardedComparator
 from .context import EncryptionContext
 from .declaration import bounded_encoder, refuse_unique_or_index
+from .decorated import undecorate
 from .encryptor import Encryptor, get_default_encryptor
 from .errors import (
     ConfigurationError,
@@ -41,12 +43,14 @@ class EncryptedType(TypeDecorator[Any]):
     """A column whose every non-NULL value is encrypted under its own data key.
 
     ``impl_type`` is the logical type the application sees (String, Integer,
-    JSON, ...). The value is bound to its table and column as authenticated
-    context, ``{"table": ..., "column": ...}``, unless ``context=`` gives a stable
-    label of your own (so renames need no re-encryption). ``encryptor=None`` uses
-    the default set by ``configure()``, looked up when a value is first encrypted
-    or decrypted. ``storage="base64"`` keeps envelopes as text for schemas that
-    cannot hold binary.
+    JSON, ..., or a TypeDecorator over one of them, whose own conversions run
+    before encryption and after decryption: decorated.py). The value is bound
+    to its table and column as authenticated context, ``{"table": ...,
+    "column": ...}``, unless ``context=`` gives a stable label of your own (so
+    renames need no re-encryption). ``encryptor=None`` uses the default set by
+    ``configure()``, looked up when a value is first encrypted or decrypted.
+    ``storage="base64"`` keeps envelopes as text for schemas that cannot hold
+    binary.
 
     ``allow_plaintext=True`` is for the duration of a migration only (as Rails'
     ``support_unencrypted_data``): a stored value that is not an envelope at all
@@ -83,14 +87,20 @@ class EncryptedType(TypeDecorator[Any]):
         check_length: bool = True,
     ) -> None:
         super().__init__()
-        logical = to_instance(impl_type)
-        if isinstance(logical, EncryptedType):
-            raise ConfigurationError("EncryptedType cannot wrap another EncryptedType")
+        logical = inner = to_instance(impl_type)
+        while isinstance(inner, TypeDecorator):  # under an application's decorators too
+            if isinstance(inner, EncryptedType):
+                raise ConfigurationError("EncryptedType cannot wrap another EncryptedType")
+            inner = inner.impl_instance
+        base, decorators = undecorate(logical)
         if encryptor is not None and not isinstance(encryptor, Encryptor):
             raise ConfigurationError("encryptor= takes an Encryptor or None")
         if storage not in ("binary", "base64"):
             raise ConfigurationError("storage= is 'binary' or 'base64'")
-        self._codec = codec_for(logical)
+        # The codec and the declared sizes are the base type's; a TypeDecorator's
+        # own conversions run around them (decorated.py).
+        self._base, self._decorators = base, decorators
+        self._codec = codec_for(base)
         self.impl_type = logical
         self.encryptor = encryptor
         self.context = EncryptionContext(context) if context is not None else None
@@ -183,7 +193,7 @@ class EncryptedType(TypeDecorator[Any]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
             # MySQL's BLOB/TEXT stop at 64 KiB: the type must hold every value.
-            return dialect.type_descriptor(mysql_type(self._codec, self.impl_type, self.storage))
+            return dialect.type_descriptor(mysql_type(self._codec, self._base, self.storage))
         # Not type_descriptor(): on PostgreSQL that turns Text into a length-less
         # VARCHAR, and autogenerate then sees a type change against TEXT columns.
         return self.impl_instance
@@ -198,8 +208,12 @@ class EncryptedType(TypeDecorator[Any]):
 
     @property
     def codec(self) -> Codec:
-        """How values of the logical type become the bytes that are encrypted."""
-        return self._codec
+        """How values of the logical type become the bytes that are encrypted.
+
+        For a TypeDecorator, its own conversions included: the codec encodes and
+        decodes the values the application sees.
+        """
+        return self._decorators.around(self._codec)
 
     @property
     def python_type(self) -> type[Any]:
@@ -217,7 +231,7 @@ class EncryptedType(TypeDecorator[Any]):
         """
         encode = self._codec.encode
         if self.check_length:
-            encode = bounded_encoder(self._codec, self.impl_type)
+            encode = bounded_encoder(self._codec, self._base)
         fixed = self.encryptor
         store = self.envelope_storer()
         context: EncryptionContext | None = None
@@ -242,14 +256,16 @@ class EncryptedType(TypeDecorator[Any]):
                 return store(envelope)
             raise self._unwritable(failure)
 
+        # The TypeDecorator's own conversion, for None too, as SQLAlchemy calls it.
+        decorated = self._decorators.before(process, self._label())
         if dialect.name not in ("mysql", "mariadb"):
-            return process
+            return decorated
         # MySQL without a strict sql_mode cuts a value too long for its column,
         # with a warning nobody reads: the envelope would never decrypt again.
-        capacity = mysql_capacity(self._codec, self.impl_type, self.storage)
+        capacity = mysql_capacity(self._codec, self._base, self.storage)
 
         def process_within_capacity(value: Any) -> Any:
-            stored = process(value)
+            stored = decorated(value)
             if stored is not None and len(stored) > capacity:
                 raise self._too_large(len(stored), capacity)
             return stored
@@ -283,7 +299,7 @@ class EncryptedType(TypeDecorator[Any]):
                 failure = exc
             return self._unreadable(stored, failure)
 
-        return process
+        return self._decorators.after(process, self._label())
 
     def _unwritable(self, failure: Exception) -> InvalidValueError:
         """The error for a value that cannot be encrypted, holding nothing of the value.
@@ -377,17 +393,23 @@ class EncryptedType(TypeDecorator[Any]):
     # -- SQLAlchemy's statement cache ------------------------------------------------
 
     @property
-    def _static_cache_key(self) -> tuple[Any, ...]:
+    def _static_cache_key(self) -> Any:
         """Every option that changes what is stored or how it is read.
 
         SQLAlchemy builds a type's cache key from the positional parameters of its
         ``__init__`` only (``impl_type``, ``encryptor``): two statements whose types
         differ in ``context=`` would share one compiled form and its processors,
-        and a value would be stored under the first one's context.
+        and a value would be stored under the first one's context. A TypeDecorator
+        whose class does not set ``cache_ok`` makes the statement uncached, as it
+        would on a plaintext column.
         """
+        decorators = self._decorators.cache_key
+        if decorators is None:
+            return NO_CACHE
         return (
             EncryptedType,
-            self.impl_type._static_cache_key,
+            decorators,
+            self._base._static_cache_key,
             self.encryptor,  # pinned encryptors: compared by identity
             self.context.canonical if self.context is not None else None,
             self.storage,

@@ -92,3 +92,24 @@ def test_render_item_hook_adds_the_import(tmp_path: Path) -> None:
     )
     assert "import sqla_envelope" in autogen.imports
     assert render_item("type", sa.Integer(), autogen) is False
+
+
+def test_render_item_imports_a_decorated_types_module(tmp_path: Path) -> None:
+    from alembic.autogenerate.api import AutogenContext
+    from sqlalchemy_utils import PhoneNumberType
+
+    from sqla_envelope.migrations import render_item
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    with engine.connect() as conn:
+        autogen = AutogenContext(MigrationContext.configure(conn))
+    rendered = render_item("type", EncryptedType(PhoneNumberType()), autogen)
+    assert rendered == (
+        "sqla_envelope.EncryptedType("
+        "sqlalchemy_utils.types.phone_number.PhoneNumberType(length=20))"
+    )
+    assert autogen.imports == {"import sqla_envelope", "import sqlalchemy_utils.types.phone_number"}
+    namespace: dict[str, object] = {}
+    exec("\n".join(sorted(autogen.imports)), namespace)  # the migration's imports
+    rebuilt = eval(str(rendered), namespace)
+    assert rebuilt._static_cache_key == EncryptedType(PhoneNumberType())._static_cache_key
