@@ -27,7 +27,7 @@ from .search.planning import measure
 from .search.reindex import index_column, reindex_column
 from .walk import ColumnReport, Shard
 
-__all__ = ["ENV_INDEX_KEY", "add_index_commands"]
+__all__ = ["ENV_INDEX_KEY", "add_index_commands", "handled", "key_options", "keyring_of"]
 
 ENV_INDEX_KEY = "SQLA_ENVELOPE_INDEX_KEY"
 _KEY_ENV = {
@@ -38,7 +38,7 @@ _KEY_ENV = {
 }
 
 
-def _keyring(args: argparse.Namespace) -> Keyring:
+def keyring_of(args: argparse.Namespace) -> Keyring:
     key_file = args.key_file or os.environ.get(_KEY_ENV["key_file"])
     kms_key_id = args.kms_key_id or os.environ.get(_KEY_ENV["kms_key_id"])
     if bool(key_file) == bool(kms_key_id):
@@ -53,7 +53,7 @@ def _keyring(args: argparse.Namespace) -> Keyring:
 
 
 def _cmd_index_key_new(args: argparse.Namespace) -> int:
-    print(Encryptor(_keyring(args)).new_index_key())
+    print(Encryptor(keyring_of(args)).new_index_key())
     return 0
 
 
@@ -82,7 +82,7 @@ def _with_model(args: argparse.Namespace, run: Any) -> Any:
         raise UsageError("--url (or SQLA_ENVELOPE_URL) names the database")
     index_key = getattr(args, "index_key", None) or os.environ.get(ENV_INDEX_KEY)
     attribute = _model_attribute(args.model)
-    configure(Encryptor(_keyring(args), index_key=index_key))
+    configure(Encryptor(keyring_of(args), index_key=index_key))
     engine = _engine(url)
     try:
         return run(engine, attribute)
@@ -135,7 +135,9 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _handled(handler: Any) -> Any:
+def handled(handler: Any) -> Any:
+    """A command handler whose UsageError is one line on stderr and exit code 2."""
+
     def run(args: argparse.Namespace) -> int:
         try:
             return int(handler(args))
@@ -145,15 +147,24 @@ def _handled(handler: Any) -> Any:
     return run
 
 
-def _key_options(parser: argparse.ArgumentParser) -> None:
+def key_options(
+    parser: argparse.ArgumentParser,
+    *,
+    kms_flags: tuple[str, ...] = ("--kms-key-id",),
+    region_flags: tuple[str, ...] = ("--region",),
+) -> None:
+    """The keyring options every command shares (credstash spells two of them -k and -r)."""
     keys = parser.add_argument_group("keys (or the environment variables in brackets)")
     keys.add_argument("--key-file", metavar="PATH", help=f"local key file [{_KEY_ENV['key_file']}]")
     keys.add_argument(
-        "--kms-key-id",
+        *kms_flags,
+        dest="kms_key_id",
         metavar="ID",
         help=f"AWS KMS key id, ARN or alias [{_KEY_ENV['kms_key_id']}]",
     )
-    keys.add_argument("--region", metavar="NAME", help=f"AWS region [{_KEY_ENV['region']}]")
+    keys.add_argument(
+        *region_flags, dest="region", metavar="NAME", help=f"AWS region [{_KEY_ENV['region']}]"
+    )
     keys.add_argument(
         "--endpoint-url", metavar="URL", help=f"KMS endpoint [{_KEY_ENV['endpoint_url']}]"
     )
@@ -186,8 +197,8 @@ def add_index_commands(
         "is never printed.",
         epilog=f"example:\n  {PROG} index-key new --key-file app.keys.json",
     )
-    _key_options(new)
-    new.set_defaults(handler=_handled(_cmd_index_key_new))
+    key_options(new)
+    new.set_defaults(handler=handled(_cmd_index_key_new))
 
     index_commands = _group(commands, formatter, "index", "size a blind index from a live column")
     plan = index_commands.add_parser(
@@ -211,8 +222,8 @@ def add_index_commands(
         metavar="N",
         help="unrelated rows one lookup may return, on average (default: %(default)s)",
     )
-    _key_options(plan)
-    plan.set_defaults(handler=_handled(_cmd_index_plan))
+    key_options(plan)
+    plan.set_defaults(handler=handled(_cmd_index_plan))
 
     reindex = commands.add_parser(
         "reindex",
@@ -233,5 +244,5 @@ def add_index_commands(
         "--index-key", metavar="TEXT", help=f"the wrapped index key [{ENV_INDEX_KEY}]"
     )
     run_options(reindex.add_argument_group("the run"), writes=True)
-    _key_options(reindex)
-    reindex.set_defaults(handler=_handled(_cmd_reindex))
+    key_options(reindex)
+    reindex.set_defaults(handler=handled(_cmd_reindex))

@@ -222,7 +222,7 @@ class SecretStore:
         pattern: str | None = None,
         context: Mapping[str, str] | None = None,
         skip_undecryptable: bool = False,
-    ) -> dict[str, str | bytes]:
+    ) -> SecretMap:
         """The latest version of every name (matching the glob ``pattern``), in one query.
 
         Decrypted concurrently when the keyring waits on a network (KMS). The first
