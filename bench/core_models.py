@@ -44,8 +44,8 @@ V1_POLICY = "forbid_encrypt_allow_decrypt"  # the policy under which an Encrypto
 
 # Format v2's key derivation, spelled out from docs/format.md (section 3) rather
 # than imported, so the floor is a second implementation of the spec.
-_KDF_COUNTER = b"\x00\x00\x00\x01"
-_KDF_FIXED_INFO = b"sqla-envelope v2 key and commitment"
+KDF_PREFIX = b"\x00\x00\x00\x01"
+KDF_INFO = b"sqla-envelope v2 key and commitment"
 _LOCAL_WRAP_INFO = b"sqla-envelope/local-wrap/v1"
 _WRAPPED_SIZE = 48  # AES-SIV: 16-byte synthetic IV + 32-byte data key
 _COMMITMENT_SIZE = 32
@@ -134,7 +134,7 @@ class CryptoFloor(TypeDecorator[str]):
         header = end + _COMMITMENT_SIZE
         sealed_at = header + _NONCE_SIZE
         sha512, compare = hashlib.sha512, hmac.compare_digest
-        counter, info = _KDF_COUNTER, _KDF_FIXED_INFO
+        counter, info = KDF_PREFIX, KDF_INFO
 
         def process_v2(value: bytes) -> str:
             data_key = siv.decrypt(value[start:end], aad)
