@@ -41,6 +41,7 @@ import ctypes
 import gc
 import hashlib
 import hmac
+import os
 import re
 import subprocess
 import sys
@@ -258,7 +259,10 @@ def run_children(folder: Path, helper: Path, sizes: list[int]) -> dict[int, dict
             str(helper),
         ]
         log = (folder / f"valgrind.{rows}.log").open("w")
-        processes.append((rows, subprocess.Popen(command, stdout=log, stderr=log), log))
+        # A fixed hash seed: dict probing then repeats from run to run.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
+        processes.append((rows, process, log))
     dumps: dict[int, dict[str, Path]] = {}
     for rows, process, log in processes:
         status = process.wait()
