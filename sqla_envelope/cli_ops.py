@@ -110,14 +110,53 @@ def _cmd_encrypt_column(job: Job) -> int:
     writer = job.keyring(job.args.key_file, job.args.kms_key_id)
     if writer is None or isinstance(writer, EitherKeyring):
         raise UsageError("encrypt-column encrypts under one key: pass --key-file or --kms-key-id")
+    old = _sqlalchemy_utils_type(job.args)  # before connecting: a usage error costs nothing
     job.connect()
     source = job.args.from_column
+    if old is not None and source is not None:
+        raise UsageError("--from-sqlalchemy-utils migrates in place: leave out --from-column")
     logical = _logical(job, source, "string")
     table, col, plain = job.build(logical, job.encryptor(writer), source)
+    decode_with = old(logical) if old is not None else None
     return job.run(
         "encrypt-column", table, col,
-        lambda d: encrypt_column(job.engine, col, source=plain, **job.options(d)),
+        lambda d: encrypt_column(
+            job.engine, col, source=plain, decode_with=decode_with, **job.options(d)
+        ),
     )  # fmt: skip
+
+
+_UTILS_ENGINES = {"aesgcm": "AesGcmEngine", "fernet": "FernetEngine", "aes": "AesEngine"}
+_UTILS_PADDINGS = ("pkcs5", "oneandzeroes", "zeroes", "naive")
+
+
+def _sqlalchemy_utils_type(args: argparse.Namespace) -> Callable[[Any], Any] | None:
+    """--from-sqlalchemy-utils: logical type -> the StringEncryptedType that wrote the column."""
+    engine_name = args.from_sqlalchemy_utils
+    if engine_name is None:
+        if args.old_key_env or args.padding:
+            raise UsageError("--old-key-env and --padding go with --from-sqlalchemy-utils")
+        return None
+    if not args.old_key_env:
+        raise UsageError(
+            "--from-sqlalchemy-utils needs --old-key-env VAR: the old key is read from the "
+            "environment variable VAR, never from the command line"
+        )
+    key = os.environ.get(args.old_key_env)
+    if not key:
+        raise UsageError(f"the environment variable {args.old_key_env} (--old-key-env) is not set")
+    if (args.padding is None) != (engine_name != "aes"):
+        raise UsageError("--padding goes with --from-sqlalchemy-utils aes, and only with it")
+    try:
+        from sqlalchemy_utils import StringEncryptedType  # type: ignore[import-untyped]
+        from sqlalchemy_utils.types.encrypted import encrypted_type  # type: ignore[import-untyped]
+    except ImportError:
+        raise UsageError(
+            "--from-sqlalchemy-utils needs sqlalchemy-utils: "
+            "pip install 'sqla-envelope[sqlalchemy-utils]'"
+        ) from None
+    engine = getattr(encrypted_type, _UTILS_ENGINES[engine_name])
+    return lambda logical: StringEncryptedType(logical, key, engine, args.padding)
 
 
 def _cmd_decrypt_column(job: Job) -> int:
@@ -252,6 +291,19 @@ def add_commands(
         "--from-column", metavar="NAME", help="the plaintext column to encrypt into --column"
     )
     _logical_option(where, "string, or the type of --from-column")
+    old = encrypt.add_argument_group(
+        "from sqlalchemy-utils (in place: the column holds its StringEncryptedType values)"
+    )
+    old.add_argument(
+        "--from-sqlalchemy-utils",
+        choices=sorted(_UTILS_ENGINES),
+        metavar="ENGINE",
+        help="the engine the column was written with: aesgcm, fernet or aes",
+    )
+    old.add_argument("--padding", choices=_UTILS_PADDINGS, help="the padding of the aes engine")
+    old.add_argument(
+        "--old-key-env", metavar="VAR", help="the environment variable holding the old key"
+    )
     run_options(encrypt.add_argument_group("the run"), writes=True)
 
     decrypt = command(

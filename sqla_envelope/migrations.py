@@ -61,6 +61,7 @@ def encrypt_column(
     column: Any,
     *,
     source: Any = None,
+    decode_with: sa.types.TypeEngine[Any] | None = None,
     batch_size: int = 1000,
     dry_run: bool = False,
     strict: bool = True,
@@ -70,6 +71,13 @@ def encrypt_column(
     progress: Progress | None = None,
 ) -> ColumnReport:
     """Encrypt the plaintext of an EncryptedType ``column``, without losing a row.
+
+    ``decode_with`` (in place only) is the column type the values were stored
+    with, whose own reading turns a stored value into the value to encrypt:
+    sqlalchemy-utils' ``StringEncryptedType(String, old_key, AesGcmEngine)``, for
+    one, so a column of its ciphertexts becomes a column of envelopes in one run
+    (docs/migrating.md). A value it cannot read is a failed row, never stored as
+    it is.
 
     In place (``source=None``): the column still holds plaintext (text, or bytes
     after ``ALTER ... TYPE bytea``) for a String, LargeBinary, JSON or Enum logical
@@ -92,7 +100,15 @@ def encrypt_column(
     def seal(value: Any) -> Any:
         return store(encryptor.seal(encode(value), context))
 
-    if source is None:
+    if decode_with is not None:
+        if source is not None:
+            raise ConfigurationError("decode_with= is for an in-place migration, without source=")
+        transform, read, guard = (
+            _from_old_type(bind, type_, decode_with, load, opens, seal),
+            [col],
+            [col],
+        )
+    elif source is None:
         if type_.codec.name not in IN_PLACE_TYPES:
             raise ConfigurationError(
                 f"{type_.codec.name} values cannot be encrypted in place: add an "
@@ -131,6 +147,62 @@ def encrypt_column(
         start_after=start_after, progress=progress,
         workers=worker_count(workers, encryptor.keyring),
     )  # fmt: skip
+
+
+def _from_old_type(
+    bind: Bind,
+    type_: EncryptedType,
+    old: sa.types.TypeEngine[Any],
+    load: Any,
+    opens: Any,
+    seal: Any,
+) -> Any:
+    """The in-place transform of ``decode_with``: stored by ``old``, read through it, sealed."""
+    dialect = bind.dialect
+    process = old.result_processor(dialect, None)
+    rebind = old.bind_processor(dialect)
+    described = type(old).__name__
+
+    def read_back(stored: Any) -> Any:
+        """The old type's value of ``stored``, checked where the old type can check it.
+
+        An unauthenticated cipher (sqlalchemy-utils' AesEngine, AES-CBC) decrypts
+        under a wrong key to garbage rather than an error. It is deterministic, so
+        its value must encrypt back to exactly what is stored: a value that does
+        not is refused, and the wrong key fails closed. A randomized cipher
+        (AES-GCM, Fernet) authenticates instead, and raises on a wrong key.
+        """
+        value = process(stored) if process is not None else stored
+        if value is not None and rebind is not None:
+            again = rebind(value)
+            if again == rebind(value) and again != stored:
+                raise ValueError("the value does not encrypt back to what is stored")
+        return value
+
+    def from_old(row: tuple[Any, ...]) -> Any:
+        (stored,) = row
+        if stored is None:
+            return SKIP
+        try:
+            opens(load(stored))
+        except DecryptionError:
+            pass  # not one of ours (a damaged one of ours fails below, and is reported)
+        else:
+            return SKIP
+        try:
+            value = read_back(stored)
+        except Exception as exc:  # the old type's own error may quote the value: name its type
+            failure = type(exc).__name__
+        else:
+            if value is None:
+                return SKIP
+            return seal(value)
+        raise DecryptionError(
+            f"{described} cannot read the stored value ({failure}): is it the old key, "
+            "engine and padding the column was written with?"
+        )
+
+    return from_old
 
 
 def decrypt_column(

@@ -206,7 +206,10 @@ def walk_column(
     pk = [view.c[c.name] for c in _pk_columns(table)]
     pk_names = [c.name for c in pk]
     read_cols = [view.c[c.name] for c in read]
-    guard_cols = [view.c[c.name] for c in guard]
+    # A guard compares what is stored. A column of another TypeDecorator is read
+    # through it for the transform, but compared as stored: a randomized cipher
+    # (sqlalchemy-utils' AES-GCM or Fernet) would never match a value bound again.
+    guard_cols = [_as_stored(view.c[c.name]) for c in guard]
     write_col = view.c[write.name]
     where: list[sa.ColumnElement[bool]] = []
     if shard is not None:
@@ -237,7 +240,8 @@ def walk_column(
     )
     try:
         while True:
-            stmt = sa.select(*pk, *read_cols).where(*where).order_by(*pk).limit(batch_size)
+            stmt = sa.select(*pk, *read_cols, *guard_cols).where(*where).order_by(*pk)
+            stmt = stmt.limit(batch_size)
             if last is not None:
                 key = pk[0] if len(pk) == 1 else sa.tuple_(*pk)
                 stmt = stmt.where(key > (last[0] if len(pk) == 1 else sa.tuple_(*last)))
@@ -245,7 +249,8 @@ def walk_column(
                 rows = conn.execute(stmt).all()
                 if not rows:
                     break
-                outcomes = _apply(transform, [tuple(r[len(pk) :]) for r in rows], pool)
+                values = len(pk) + len(read_cols)
+                outcomes = _apply(transform, [tuple(r[len(pk) : values]) for r in rows], pool)
                 params = []
                 for row, outcome in zip(rows, outcomes, strict=True):
                     keys = tuple(row[: len(pk)])
@@ -267,7 +272,7 @@ def walk_column(
                         report.skipped += 1
                     else:
                         entry = dict(zip(names, keys, strict=True))
-                        guarded = row[len(pk) : len(pk) + len(guard)]
+                        guarded = row[values:]
                         for i, old in enumerate(guarded):
                             entry[f"old_{i}"] = old
                             entry[f"old_{i}_null"] = old is None
@@ -288,6 +293,16 @@ def walk_column(
         if pool is not None:
             pool.shutdown(wait=True)
     return report
+
+
+def _as_stored(column: Any) -> Any:
+    """``column`` typed as what its database column stores (a TypeDecorator's innermost impl)."""
+    type_ = column.type
+    if not isinstance(type_, sa.types.TypeDecorator):
+        return column
+    while isinstance(type_, sa.types.TypeDecorator):
+        type_ = type_.impl_instance
+    return sa.type_coerce(column, type_)
 
 
 def as_key(start_after: Any) -> tuple[Any, ...] | None:
