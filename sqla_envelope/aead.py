@@ -14,6 +14,7 @@ import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -26,6 +27,7 @@ __all__ = [
     "MASTER_KEY_SIZE",
     "NONCE_SIZE",
     "LocalKeyWrapper",
+    "aes_ctr",
     "committed_cipher",
     "data_key_cipher",
     "new_committed_cipher",
@@ -158,3 +160,13 @@ class LocalKeyWrapper:
 
     def __repr__(self) -> str:
         return "LocalKeyWrapper(<key hidden>)"
+
+
+def aes_ctr(key: bytes, counter_block: bytes, data: bytes) -> bytes:
+    """AES-CTR of ``data`` from the 16-byte ``counter_block``: encryption and decryption alike.
+
+    Unauthenticated: only for reading and writing credstash's format
+    (secrets/credstash_format.py), whose HMAC the caller checks first.
+    """
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(counter_block)).encryptor()
+    return encryptor.update(data) + encryptor.finalize()
