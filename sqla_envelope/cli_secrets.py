@@ -29,7 +29,9 @@ from .cli_index import handled, key_options, keyring_of
 from .cli_job import PROG, UsageError, _engine, fail
 from .encryptor import Encryptor
 from .errors import EnvelopeError, SecretNotFound
+from .keyrings.kms import KmsKeyring
 from .secrets import SecretStore
+from .secrets.credstash_import import import_credstash, scan_credstash_table
 
 __all__ = ["add_secrets_commands", "shell_quote"]
 
@@ -272,6 +274,24 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot run {command[0]!r}: {exc.strerror}") from None
 
 
+def _cmd_import_credstash(args: argparse.Namespace) -> int:
+    store = _store(args)
+    region = args.region or os.environ.get("SQLA_ENVELOPE_KMS_REGION")
+    endpoint = args.endpoint_url or os.environ.get("SQLA_ENVELOPE_KMS_ENDPOINT_URL")
+    items = scan_credstash_table(
+        args.dynamodb_table,
+        region=args.dynamodb_region or region,
+        endpoint_url=args.dynamodb_endpoint_url,
+    )
+    with KmsKeyring(args.from_kms_key_id, region_name=region, endpoint_url=endpoint) as kms:
+        report = import_credstash(store, items, kms, context=_context(args.context))
+    print(
+        f"imported {report.imported} version(s) of {len(report.names)} secret(s) from "
+        f"{args.dynamodb_table}; {report.already_there} already there"
+    )
+    return 0
+
+
 def add_secrets_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     formatter: type[argparse.HelpFormatter],
@@ -351,6 +371,22 @@ def add_secrets_commands(
     prune = command("prune", _cmd_prune, "delete all but the latest versions of a secret")
     prune.add_argument("name", metavar="NAME")
     prune.add_argument("--keep", type=int, required=True, metavar="N")
+
+    imported = command(
+        "import-credstash",
+        _cmd_import_credstash,
+        "copy every version of every secret of a credstash DynamoDB table into the store",
+    )
+    imported.add_argument("--dynamodb-table", metavar="NAME", default="credential-store")
+    imported.add_argument("--dynamodb-region", metavar="NAME", help="(default: --region)")
+    imported.add_argument("--dynamodb-endpoint-url", metavar="URL")
+    imported.add_argument(
+        "--from-kms-key-id",
+        metavar="ID",
+        default="alias/credstash",
+        help="the KMS key of credstash's items (default: %(default)s)",
+    )
+    context_argument(imported)
 
     run = command("exec", _cmd_exec, "run a command with secrets in its environment (no shell)")
     run.add_argument("--prefix", metavar="P", help="only names starting with P, without it")

@@ -6,7 +6,7 @@ import contextlib
 import os
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ..aead import DATA_KEY_SIZE, LOCAL_WRAPPED_SIZE, LocalKeyWrapper, random_bytes
@@ -376,6 +376,22 @@ class KmsKeyring:
         if len(data_key) != DATA_KEY_SIZE:
             raise DecryptionError(f"the value under {key_ref!r} does not hold a data key")
         return data_key  # type: ignore[no-any-return]
+
+    def decrypt_blob(self, ciphertext_blob: bytes, context: Mapping[str, str]) -> bytes:
+        """A KMS ``Decrypt`` of a ciphertext another tool wrote (credstash's 64-byte keys).
+
+        Under this keyring's key (``KeyId`` names it, as every Decrypt here does),
+        with its retries; the plaintext may be of any size. DecryptionError when KMS
+        refuses the ciphertext or the context, KeyringError for the service.
+        """
+        response = self._request(
+            "Decrypt",
+            self.key_id,
+            CiphertextBlob=ciphertext_blob,
+            KeyId=self.key_id,
+            EncryptionContext=dict(context),
+        )
+        return response["Plaintext"]  # type: ignore[no-any-return]
 
     def _encrypt(
         self, key_id: str, data_key: bytes, context: EncryptionContext

@@ -1,0 +1,159 @@
+"""Items written by the real credstash 1.17.1, imported into a SecretStore (CREDSTASH.md 6.C).
+
+credstash writes through boto3 to moto's DynamoDB and KMS over HTTP (the session's
+moto server); the import reads the table the same way and unwraps each data key
+with a KmsKeyring. Cases 32-34 and 38, on SQLite, PostgreSQL and MariaDB.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+import sqlalchemy as sa
+from kms_server import (  # noqa: F401 - pytest fixtures
+    REGION,
+    Key,
+    aws_env_fixture,
+    kms_endpoint_fixture,
+    make_key_fixture,
+)
+
+from sqla_envelope import DecryptionError, Encryptor, KmsKeyring, LocalKeyring, SecretStore
+from sqla_envelope.secrets.credstash_import import import_credstash, scan_credstash_table
+
+credstash = pytest.importorskip("credstash")
+pytestmark = pytest.mark.usefixtures("aws_env")
+
+
+@pytest.fixture
+def credstash_table(kms_endpoint: str) -> Iterator[str]:
+    name = f"credential-store-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=kms_endpoint)
+    client.create_table(
+        TableName=name,
+        KeySchema=[
+            {"AttributeName": "name", "KeyType": "HASH"},
+            {"AttributeName": "version", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "name", "AttributeType": "S"},
+            {"AttributeName": "version", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    yield name
+    client.delete_table(TableName=name)
+
+
+@pytest.fixture
+def store(engine: sa.Engine) -> Iterator[SecretStore]:
+    secrets = SecretStore(engine, Encryptor(LocalKeyring.generate()), table="imported_secrets")
+    secrets.table.drop(engine, checkfirst=True)
+    secrets.create_table()
+    yield secrets
+    secrets.table.drop(engine, checkfirst=True)
+
+
+def put(kms_endpoint: str, table: str, key: Key, name: str, value: str, **options: Any) -> None:
+    """credstash's own putSecret, with clients that reach the moto server."""
+    credstash.putSecret(
+        name,
+        value,
+        kms_key=key.arn,
+        table=table,
+        kms=boto3.client("kms", region_name=REGION, endpoint_url=kms_endpoint),
+        dynamodb=boto3.resource("dynamodb", region_name=REGION, endpoint_url=kms_endpoint),
+        **options,
+    )
+
+
+def test_every_version_and_digest_credstash_wrote_imports_and_reads_back(
+    kms_endpoint: str,
+    credstash_table: str,
+    make_key: Callable[..., Key],
+    store: SecretStore,
+) -> None:
+    key = make_key()
+    versions = {"1": "hunter2", "2": "hunter3", "10": "hunter10"}  # numeric order: 10 is latest
+    for version, value in versions.items():
+        put(kms_endpoint, credstash_table, key, "app.db.pass", value,
+            version=credstash.paddedInt(int(version)), comment=f"v{version}")  # fmt: skip
+    for digest in ("SHA", "SHA224", "SHA256", "SHA384", "SHA512", "MD5"):
+        put(kms_endpoint, credstash_table, key, f"digest.{digest}", f"pässwörd {digest} ✓",
+            version=credstash.paddedInt(1), digest=digest)  # fmt: skip
+    put(kms_endpoint, credstash_table, key, "app.api", "api-key-value",
+        version=credstash.paddedInt(1), context={"env": "prod"})  # fmt: skip
+    # An item as credstash before 1.13.1 wrote it: hmac as a string, an unpadded version.
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=kms_endpoint)
+    legacy = client.get_item(
+        TableName=credstash_table,
+        Key={"name": {"S": "app.db.pass"}, "version": {"S": credstash.paddedInt(1)}},
+    )["Item"]
+    legacy["name"] = {"S": "legacy"}
+    legacy["version"] = {"S": "3"}
+    legacy["hmac"] = {"S": legacy["hmac"]["B"].decode()}
+    client.put_item(TableName=credstash_table, Item=legacy)
+
+    items = list(scan_credstash_table(credstash_table, region=REGION, endpoint_url=kms_endpoint))
+    with KmsKeyring(key.arn, region_name=REGION, endpoint_url=kms_endpoint) as kms:
+        plain = [item for item in items if item["name"] != "app.api"]
+        report = import_credstash(store, plain, kms)
+        assert (report.imported, report.already_there) == (len(plain), 0)
+        again = import_credstash(store, plain, kms)  # a rerun changes nothing
+        assert (again.imported, again.already_there) == (0, len(plain))
+        prod = [item for item in items if item["name"] == "app.api"]
+        with pytest.raises(DecryptionError, match=r"app\.api"):  # without its context
+            import_credstash(store, prod, kms)
+        import_credstash(store, prod, kms, context={"env": "prod"})
+
+    assert store.get("app.db.pass") == "hunter10"
+    for version, value in versions.items():
+        assert store.get("app.db.pass", version=int(version)) == value
+    assert [(i.version, i.comment) for i in store.history("app.db.pass")] == [
+        (1, "v1"), (2, "v2"), (10, "v10")
+    ]  # fmt: skip
+    for digest in ("SHA", "SHA224", "SHA256", "SHA384", "SHA512", "MD5"):
+        assert store.get(f"digest.{digest}") == f"pässwörd {digest} ✓"
+    assert store.get("legacy", version=3) == "hunter2"
+    assert store.get("app.api", context={"env": "prod"}) == "api-key-value"
+    # From now on bound to its name (case 38): credstash's own getSecret agrees on values.
+    assert credstash.getSecret(
+        "app.db.pass",
+        table=credstash_table,
+        kms=boto3.client("kms", region_name=REGION, endpoint_url=kms_endpoint),
+        dynamodb=boto3.resource("dynamodb", region_name=REGION, endpoint_url=kms_endpoint),
+    ) == store.get("app.db.pass", version=10)
+
+
+def test_import_credstash_from_the_shell(
+    engine: sa.Engine,
+    kms_endpoint: str,
+    credstash_table: str,
+    make_key: Callable[..., Key],
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sqla_envelope.cli import main
+
+    key = make_key()
+    put(kms_endpoint, credstash_table, key, "svc.token", "tok-1", version=credstash.paddedInt(1))
+    put(kms_endpoint, credstash_table, key, "svc.token", "tok-2", version=credstash.paddedInt(2))
+    keys = tmp_path / "app.keys.json"
+    LocalKeyring.generate().to_file(keys)
+    common = ["--url", engine.url.render_as_string(hide_password=False), "-t", "cli_imported"]
+    common += ["--key-file", str(keys), "--region", REGION, "--endpoint-url", kms_endpoint]
+    SecretStore(engine, table="cli_imported").table.drop(engine, checkfirst=True)
+    try:
+        assert main(["secrets", "setup", *common]) == 0
+        argv = ["secrets", "import-credstash", *common, "--dynamodb-table", credstash_table]
+        argv += ["--dynamodb-endpoint-url", kms_endpoint, "--from-kms-key-id", key.arn]
+        assert main(argv) == 0
+        assert "imported 2 version(s) of 1 secret(s)" in capsys.readouterr().out
+        assert main(["secrets", "get", "-n", "svc.token", *common]) == 0
+        assert capsys.readouterr().out == "tok-2"
+    finally:
+        SecretStore(engine, table="cli_imported").table.drop(engine, checkfirst=True)
