@@ -31,6 +31,7 @@ from .encryptor import Encryptor
 from .errors import EnvelopeError, SecretNotFound
 from .keyrings.kms import KmsKeyring
 from .secrets import SecretStore
+from .secrets.credstash_export import export_credstash
 from .secrets.credstash_import import import_credstash, scan_credstash_table
 
 __all__ = ["add_secrets_commands", "shell_quote"]
@@ -292,6 +293,23 @@ def _cmd_import_credstash(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_credstash(args: argparse.Namespace) -> int:
+    store = _store(args)
+    region = args.region or os.environ.get("SQLA_ENVELOPE_KMS_REGION")
+    endpoint = args.endpoint_url or os.environ.get("SQLA_ENVELOPE_KMS_ENDPOINT_URL")
+    with KmsKeyring(args.to_kms_key_id, region_name=region, endpoint_url=endpoint) as kms:
+        written, existing = export_credstash(
+            store,
+            args.dynamodb_table,
+            kms,
+            region=args.dynamodb_region or region,
+            endpoint_url=args.dynamodb_endpoint_url,
+            hmac_as_string=args.hmac_as_string,
+        )
+    print(f"wrote {written} credstash item(s) to {args.dynamodb_table}; {existing} already there")
+    return 0
+
+
 def add_secrets_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     formatter: type[argparse.HelpFormatter],
@@ -377,9 +395,6 @@ def add_secrets_commands(
         _cmd_import_credstash,
         "copy every version of every secret of a credstash DynamoDB table into the store",
     )
-    imported.add_argument("--dynamodb-table", metavar="NAME", default="credential-store")
-    imported.add_argument("--dynamodb-region", metavar="NAME", help="(default: --region)")
-    imported.add_argument("--dynamodb-endpoint-url", metavar="URL")
     imported.add_argument(
         "--from-kms-key-id",
         metavar="ID",
@@ -387,6 +402,27 @@ def add_secrets_commands(
         help="the KMS key of credstash's items (default: %(default)s)",
     )
     context_argument(imported)
+
+    exported = command(
+        "export-credstash",
+        _cmd_export_credstash,
+        "write every version of every secret as a credstash item that credstash reads",
+    )
+    for parser in (imported, exported):
+        parser.add_argument("--dynamodb-table", metavar="NAME", default="credential-store")
+        parser.add_argument("--dynamodb-region", metavar="NAME", help="(default: --region)")
+        parser.add_argument("--dynamodb-endpoint-url", metavar="URL")
+    exported.add_argument(
+        "--to-kms-key-id",
+        metavar="ID",
+        default="alias/credstash",
+        help="the KMS key of the items written (default: %(default)s)",
+    )
+    exported.add_argument(
+        "--hmac-as-string",
+        action="store_true",
+        help="write hmac as a DynamoDB string, for readers older than credstash 1.13.1",
+    )
 
     run = command("exec", _cmd_exec, "run a command with secrets in its environment (no shell)")
     run.add_argument("--prefix", metavar="P", help="only names starting with P, without it")

@@ -29,8 +29,8 @@ credstash = pytest.importorskip("credstash")
 pytestmark = pytest.mark.usefixtures("aws_env")
 
 
-@pytest.fixture
-def credstash_table(kms_endpoint: str) -> Iterator[str]:
+def create_credstash_table(kms_endpoint: str) -> str:
+    """A table as credstash's setup makes it (hash key name, range key version)."""
     name = f"credential-store-{uuid.uuid4().hex[:8]}"
     client = boto3.client("dynamodb", region_name=REGION, endpoint_url=kms_endpoint)
     client.create_table(
@@ -45,8 +45,16 @@ def credstash_table(kms_endpoint: str) -> Iterator[str]:
         ],
         BillingMode="PAY_PER_REQUEST",
     )
+    return name
+
+
+@pytest.fixture
+def credstash_table(kms_endpoint: str) -> Iterator[str]:
+    name = create_credstash_table(kms_endpoint)
     yield name
-    client.delete_table(TableName=name)
+    boto3.client("dynamodb", region_name=REGION, endpoint_url=kms_endpoint).delete_table(
+        TableName=name
+    )
 
 
 @pytest.fixture
@@ -155,5 +163,69 @@ def test_import_credstash_from_the_shell(
         assert "imported 2 version(s) of 1 secret(s)" in capsys.readouterr().out
         assert main(["secrets", "get", "-n", "svc.token", *common]) == 0
         assert capsys.readouterr().out == "tok-2"
+        # and back out, to a table stock credstash reads
+        out_table = create_credstash_table(kms_endpoint)
+        argv = ["secrets", "export-credstash", *common, "--dynamodb-table", out_table]
+        argv += ["--dynamodb-endpoint-url", kms_endpoint, "--to-kms-key-id", key.arn]
+        assert main(argv) == 0
+        assert "wrote 2 credstash item(s)" in capsys.readouterr().out
+        clients = _credstash_clients(kms_endpoint)
+        assert credstash.getSecret("svc.token", table=out_table, **clients) == "tok-2"
     finally:
         SecretStore(engine, table="cli_imported").table.drop(engine, checkfirst=True)
+
+
+def _credstash_clients(kms_endpoint: str) -> dict[str, Any]:
+    return {
+        "kms": boto3.client("kms", region_name=REGION, endpoint_url=kms_endpoint),
+        "dynamodb": boto3.resource("dynamodb", region_name=REGION, endpoint_url=kms_endpoint),
+    }
+
+
+@pytest.mark.parametrize("hmac_as_string", [False, True], ids=["hmac-binary", "hmac-string"])
+def test_an_export_is_read_by_stock_credstash(  # cases 35, 36
+    kms_endpoint: str,
+    credstash_table: str,
+    make_key: Callable[..., Key],
+    store: SecretStore,
+    hmac_as_string: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqla_envelope.secrets.credstash_export import export_credstash
+
+    key = make_key()
+    store.put("app.db.pass", "first")
+    store.put("app.db.pass", "pässwörd ✓", comment="rotated")
+    store.put("app.api", "api-key-value", context={"env": "prod"})
+    with KmsKeyring(key.arn, region_name=REGION, endpoint_url=kms_endpoint) as kms:
+        options = {"region": REGION, "endpoint_url": kms_endpoint, "hmac_as_string": hmac_as_string}
+        assert export_credstash(store, credstash_table, kms, **options) == (3, 0)
+        assert export_credstash(store, credstash_table, kms, **options) == (0, 3)  # rerun
+    clients = _credstash_clients(kms_endpoint)
+    read = credstash.getSecret("app.db.pass", table=credstash_table, **clients)
+    assert read == "pässwörd ✓"
+    first = credstash.getSecret("app.db.pass", version="1", table=credstash_table, **clients)
+    assert first == "first"
+    api = credstash.getSecret("app.api", table=credstash_table, context={"env": "prod"}, **clients)
+    assert api == "api-key-value"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", kms_endpoint)  # listSecrets takes no client
+    listed = credstash.listSecrets(region=REGION, table=credstash_table, session=boto3.Session())
+    assert sorted((s["name"], s["version"]) for s in listed) == [
+        ("app.api", "0000000000000000001"),
+        ("app.db.pass", "0000000000000000001"),
+        ("app.db.pass", "0000000000000000002"),
+    ]
+
+
+def test_a_binary_secret_is_refused_by_name_before_anything_is_written(
+    kms_endpoint: str, credstash_table: str, make_key: Callable[..., Key], store: SecretStore
+) -> None:
+    from sqla_envelope import ConfigurationError
+    from sqla_envelope.secrets.credstash_export import export_credstash
+
+    store.put("cert.der", b"\x30\x82\x01")
+    kms = KmsKeyring(make_key().arn, region_name=REGION, endpoint_url=kms_endpoint)
+    with kms, pytest.raises(ConfigurationError, match=r"cert\.der"):
+        export_credstash(store, credstash_table, kms, region=REGION, endpoint_url=kms_endpoint)
+    items = scan_credstash_table(credstash_table, region=REGION, endpoint_url=kms_endpoint)
+    assert list(items) == []

@@ -393,6 +393,21 @@ class KmsKeyring:
         )
         return response["Plaintext"]  # type: ignore[no-any-return]
 
+    def generate_blob(self, context: Mapping[str, str], size: int) -> tuple[bytes, bytes]:
+        """(plaintext, KMS ciphertext) of a new data key of ``size`` bytes, for another tool.
+
+        What credstash asks KMS for (64 bytes: an AES key and an HMAC key), so that
+        ``export-credstash`` writes items credstash itself reads.
+        """
+        response = self._request(
+            "GenerateDataKey",
+            self.key_id,
+            KeyId=self.key_id,
+            NumberOfBytes=size,
+            EncryptionContext=dict(context),
+        )
+        return response["Plaintext"], response["CiphertextBlob"]
+
     def _encrypt(
         self, key_id: str, data_key: bytes, context: EncryptionContext
     ) -> tuple[str, bytes]:
