@@ -25,7 +25,7 @@ from ._version import __version__
 from .cli_index import add_index_commands
 from .cli_job import PROG, describe, fail
 from .cli_ops import add_commands
-from .cli_secrets import add_secrets_commands
+from .cli_secrets import add_kms_commands, add_secrets_commands
 from .envelope import TAG_SIZE, Envelope, unpack
 from .errors import EnvelopeError, MalformedEnvelopeError
 from .keyrings.local import LocalKeyring
@@ -252,6 +252,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_commands(commands, formatter)
     add_index_commands(commands, formatter)
     add_secrets_commands(commands, formatter)
+    add_kms_commands(commands, formatter)
     return parser
 
 
