@@ -261,6 +261,14 @@ class Encryptor:
             index_key=self.index_key,
         )
 
+    def has_key_for(self, envelope: bytes) -> bool:
+        """Whether decrypting ``envelope`` now needs no keyring call (its key is cached)."""
+        try:
+            end = header_size(envelope) or header_end(envelope)
+        except MalformedEnvelopeError:
+            return False
+        return self._cache.peek(envelope[:end]) is not None
+
     def stats(self) -> dict[str, int]:
         """Keyring calls and cache effectiveness since this Encryptor was built."""
         return {

@@ -416,3 +416,15 @@ def test_repr_shows_no_key_material() -> None:
     for text in (repr(enc), repr(keyring), str(enc.stats())):
         assert "aaaa" not in text.lower() and "\\xaa" not in text
     assert "k1" in repr(enc)
+
+
+def test_has_key_for_tells_a_cached_key_from_one_the_keyring_must_give() -> None:
+    keyring = _keyring()
+    enc = Encryptor(keyring)
+    envelope = enc.encrypt(b"v", CTX)
+    assert not enc.has_key_for(envelope)
+    enc.decrypt(envelope, CTX)
+    assert enc.has_key_for(envelope)
+    assert not enc.has_key_for(b"not an envelope")
+    enc.clear_cache()
+    assert not enc.has_key_for(envelope)
