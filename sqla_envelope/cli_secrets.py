@@ -148,6 +148,7 @@ def _cmd_setup(args: argparse.Namespace) -> int:
 
 
 def _cmd_put(args: argparse.Namespace) -> int:
+    _check_digest(args)
     store = _store(args)
     value = _read_value(args.value, args.prompt)
     version = _version(args.version)
@@ -159,6 +160,7 @@ def _cmd_put(args: argparse.Namespace) -> int:
 
 
 def _cmd_putall(args: argparse.Namespace) -> int:
+    _check_digest(args)
     store = _store(args)
     document = _read_value(args.credentials, False)
     try:
@@ -170,7 +172,9 @@ def _cmd_putall(args: argparse.Namespace) -> int:
     context, failed = _context(args.context), 0
     for name, value in pairs.items():
         try:
-            store.put(name, value, version=_version(args.version), context=context)
+            store.put(
+                name, value, version=_version(args.version), context=context, comment=args.comment
+            )
             print(f"{name} has been stored")
         except EnvelopeError as exc:
             failed += 1
@@ -206,9 +210,14 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
 def _cmd_getall(args: argparse.Namespace) -> int:
     store = _store(args)
-    secrets = store.get_all(
-        context=_context(args.context), skip_undecryptable=args.skip_undecryptable
-    )
+    context, version = _context(args.context), _version(args.version)
+    if version is not None:  # that version of every name: a name without it fails (case 23)
+        names = store.keys()
+        _write(
+            render({n: store.get(n, version=version, context=context) for n in names}, args.format)
+        )
+        return 0
+    secrets = store.get_all(context=context, skip_undecryptable=args.skip_undecryptable)
     _write(render(secrets, args.format))
     for name in secrets.skipped:
         fail(f"skipped {name!r}: it cannot be decrypted with this context and keyring", PARTIAL)
@@ -364,6 +373,25 @@ def add_kms_commands(
     setup.set_defaults(handler=handled(_cmd_kms_setup))
 
 
+def digest_option(parser: argparse.ArgumentParser) -> None:
+    """credstash's -d: its HMAC's hash. Values here are authenticated by AES-GCM instead."""
+    parser.add_argument(
+        "-d",
+        "--digest",
+        choices=("SHA", "SHA224", "SHA256", "SHA384", "SHA512", "MD5"),
+        help="accepted for credstash's scripts: only SHA256, its default (values here are "
+        "authenticated by AES-GCM; export-credstash writes SHA256)",
+    )
+
+
+def _check_digest(args: argparse.Namespace) -> None:
+    if getattr(args, "digest", None) not in (None, "SHA256"):
+        raise UsageError(
+            f"-d {args.digest}: this store authenticates values with AES-GCM, not an HMAC; "
+            "leave -d out (export-credstash writes SHA256 items)"
+        )
+
+
 def add_secrets_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     formatter: type[argparse.HelpFormatter],
@@ -392,7 +420,11 @@ def add_secrets_commands(
             metavar="NAME",
             help=f"the table (default credential_store) [{ENV_TABLE}]",
         )
-        key_options(parser, kms_flags=("-k", "--kms-key-id"), region_flags=("-r", "--region"))
+        key_options(
+            parser,
+            kms_flags=("-k", "--kms-key-id"),
+            region_flags=("-r", "--region", "--kms-region"),  # one region: no DynamoDB here
+        )
         parser.set_defaults(handler=handled(handler))
         return parser
 
@@ -409,12 +441,15 @@ def add_secrets_commands(
     put.add_argument("-a", "--autoversion", action="store_true", help="the next version (default)")
     put.add_argument("-c", "--comment", metavar="TEXT")
     put.add_argument("-P", "--prompt", action="store_true", help="ask for the value")
+    digest_option(put)
 
     putall = command("putall", _cmd_putall, "store several secrets from a JSON object")
     putall.add_argument("credentials", metavar="JSON", help="a JSON object, - for stdin, @FILE")
     context_argument(putall)
     putall.add_argument("-v", "--version", metavar="N")
     putall.add_argument("-a", "--autoversion", action="store_true", help="(the default)")
+    putall.add_argument("-c", "--comment", metavar="TEXT", help="for every secret stored")
+    digest_option(putall)
 
     get = command("get", _cmd_get, "print a secret, or every secret matching a glob")
     get.add_argument("name", metavar="NAME", help="a name, or a glob (app.db.*)")
@@ -426,6 +461,7 @@ def add_secrets_commands(
     getall = command("getall", _cmd_getall, "print the latest version of every secret")
     context_argument(getall)
     getall.add_argument("-f", "--format", choices=FORMATS, default="json")
+    getall.add_argument("-v", "--version", metavar="N", help="this version of every secret")
     getall.add_argument(
         "--skip-undecryptable",
         action="store_true",

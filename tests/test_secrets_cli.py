@@ -50,6 +50,7 @@ def test_setup_is_idempotent(cli: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert run(capsys, "setup") == (0, f"table {TABLE} already exists\n", "")
 
 
+@pytest.mark.credstash_compat
 def test_put_get_versions_and_a_taken_version(  # 8-11, 13
     cli: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -66,12 +67,14 @@ def test_put_get_versions_and_a_taken_version(  # 8-11, 13
     assert code == 2 and "version number" in err
 
 
+@pytest.mark.credstash_compat
 def test_a_missing_secret_is_exit_1_naming_it(
     cli: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(capsys, "get", "nope") == (1, "", "sqla-envelope: error: secret 'nope' not found\n")
 
 
+@pytest.mark.credstash_compat
 def test_context_is_needed_again_and_never_leaks(  # 15
     cli: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -111,6 +114,7 @@ def test_value_sources(  # 18, 29, 30
     assert run(capsys, "get", "binary")[0] == 2  # not printable as text: says -f raw
 
 
+@pytest.mark.credstash_compat
 def test_list_keys_delete(cli: Path, capsys: pytest.CaptureFixture[str]) -> None:  # 14, 19
     run(capsys, "put", "b.long.name", "1", "-c", "first")
     run(capsys, "put", "b.long.name", "2")
@@ -224,3 +228,19 @@ def test_no_file_is_written_and_no_url_is_a_usage_error(  # 43, 44
     monkeypatch.delenv("SQLA_ENVELOPE_URL")
     code, _, err = run(capsys, "get", "x")
     assert code == 2 and "SQLA_ENVELOPE_URL" in err
+
+
+@pytest.mark.credstash_compat
+def test_credstash_options_parse_with_their_meaning(  # 40, and 23 for getall -v
+    cli: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "put", "-d", "SHA256", "-c", "c", "x", "1")[0] == 0
+    code, _, err = run(capsys, "put", "-d", "MD5", "x", "2")
+    assert code == 2 and "AES-GCM" in err
+    assert run(capsys, "put", "--kms-region", "us-east-1", "x", "2")[0] == 0
+    assert run(capsys, "putall", '{"y": "1"}', "-c", "bulk")[0] == 0
+    assert "comment bulk" in run(capsys, "list")[1]
+    assert json.loads(run(capsys, "getall", "-v", "1")[1]) == {"x": "1", "y": "1"}
+    code, out, err = run(capsys, "getall", "-v", "2")  # y has no version 2: fails fast
+    assert code == 1 and out == "" and "'y' version 2 not found" in err
+    assert run(capsys, "get", "--log-file", "x.log", "x")[0] == 2  # no log file, ever
