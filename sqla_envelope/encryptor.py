@@ -159,7 +159,9 @@ class Encryptor:
         )
         # A keyring that unwraps in memory (LocalKeyring) is not worth a single
         # flight on a miss: the flight's lock costs as much as the unwrap.
-        self._in_memory = not self._remote and bool(getattr(keyring, "unwraps_in_memory", False))
+        # (KmsKeyring in bounded reuse too: it single-flights its own KMS calls.)
+        in_memory = bool(getattr(keyring, "unwraps_in_memory", False))
+        self._in_memory = in_memory and not remote_unwraps
         # Keyring calls, counted with itertools.count: next() is atomic under the
         # GIL and costs a tenth of a lock on the per-value path.
         self._wraps = itertools.count()

@@ -149,6 +149,10 @@ class KmsKeyring:
         # rewrap runs many workers; bounded reuse unwraps locally once its
         # wrapping key is known (its read prefetch is plan_unwraps' business).
         self.unwraps_remotely = mode == "direct"
+        # Bounded reuse unwraps each value in memory under a cached wrapping key, and
+        # fetches each wrapping key once however many threads ask (single flight of
+        # its own): the Encryptor's single flight per value would only add a lock.
+        self.unwraps_in_memory = mode == "bounded_reuse"
         self.max_rows = max_rows
         self.max_age = float(max_age)
         self._clock = clock
