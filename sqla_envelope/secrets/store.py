@@ -15,6 +15,8 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import fnmatch
+import random
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +40,8 @@ RESERVED_PREFIX = "sqla_envelope:"
 NAME_LENGTH = 255
 # Concurrent writers of one name each take max(version) + 1; the losers of the
 # race try the next one. Bounded so a broken database cannot spin forever.
-_VERSION_RACE_RETRIES = 50
+_VERSION_RACE_RETRIES = 100
+_RACE_BACKOFF_CAP = 0.05  # seconds
 _PAYLOAD_SIZE = 16 * 1024 * 1024  # MEDIUMBLOB on MySQL: a secret is small
 
 
@@ -130,10 +133,13 @@ class SecretStore:
             if self._insert(name, version, plaintext, value_type, user, comment):
                 return version
             raise SecretExists(f"secret {name!r} version {version} is already stored")
-        for _ in range(_VERSION_RACE_RETRIES):
+        for attempt in range(_VERSION_RACE_RETRIES):
             version = self.highest_version(name) + 1
             if self._insert(name, version, plaintext, value_type, user, comment):
                 return version
+            # Lost the race for this version: wait a random while (full jitter, as
+            # for KMS throttling) so that writers that keep colliding spread out.
+            time.sleep(random.uniform(0, min(_RACE_BACKOFF_CAP, 0.001 * 2**attempt)))
         raise EnvelopeError(
             f"could not store secret {name!r}: {_VERSION_RACE_RETRIES} concurrent writers "
             "took every next version first"
