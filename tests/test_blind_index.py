@@ -15,7 +15,15 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    WriteOnlyMapped,
+    aliased,
+    mapped_column,
+    relationship,
+)
 
 import sqla_envelope
 from sqla_envelope import (
@@ -538,3 +546,38 @@ def test_a_unique_constraint_over_the_index_and_another_column(
         conn.execute(members.insert().values(id=2, tenant="globex", email="A@x.org"))
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(members.insert().values(id=3, tenant="acme", email="A@X.org"))
+
+
+def test_a_relationship_filters_its_children_through_the_index(
+    engine: sa.Engine, encryptor: Encryptor
+) -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class Clinic(Base):
+        __tablename__ = "bidx_clinics"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        patients: WriteOnlyMapped[Patient] = relationship()
+
+    class Patient(Base):
+        __tablename__ = "bidx_patients"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        clinic_id: Mapped[int] = mapped_column(sa.ForeignKey("bidx_clinics.id"))
+        ssn: Mapped[str] = mapped_column(EncryptedType(sa.String(11)))
+        ssn_bidx: Mapped[bytes | None] = mapped_column(BlindIndex("ssn"))
+
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    try:
+        with Session(engine) as session:
+            north, south = Clinic(id=1), Clinic(id=2)
+            session.add_all([north, south])
+            north.patients.add_all([Patient(id=1, ssn="123-45-6789"), Patient(id=2, ssn="987")])
+            south.patients.add(Patient(id=3, ssn="123-45-6789"))
+            session.commit()
+            found = session.scalars(north.patients.select().filter_by(ssn="123-45-6789")).all()
+            assert [p.id for p in found] == [1]
+            joined = sa.select(Clinic.id).join(Clinic.patients).where(Patient.ssn == "987")
+            assert session.scalars(joined).all() == [1]
+    finally:
+        Base.metadata.drop_all(engine)
