@@ -581,3 +581,16 @@ def test_a_relationship_filters_its_children_through_the_index(
             assert session.scalars(joined).all() == [1]
     finally:
         Base.metadata.drop_all(engine)
+
+
+def test_a_multi_row_values_clause_is_refused_rather_than_left_unindexed(
+    engine: sa.Engine, users: Any
+) -> None:
+    table = users.__table__
+    rows = [{"id": 1, "email": "a@x.org"}, {"id": 2, "email": "b@x.org"}]
+    with engine.begin() as conn, pytest.raises(ConfigurationError, match="multi-row VALUES"):
+        conn.execute(table.insert().values(rows))
+    with engine.begin() as conn:
+        conn.execute(table.insert(), rows)  # the way that works
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(table.c.id).where(table.c.email == "b@x.org")).all() == [(2,)]

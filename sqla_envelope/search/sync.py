@@ -64,6 +64,15 @@ def _filled(params: Mapping[str, Any], indexes: Sequence[tuple[str, tuple[str, .
 
 def _statement_values(statement: Any, table: Any, indexes: Sequence[Any]) -> Any:
     """The statement with its embedded ``.values(...)`` extended to the indexes."""
+    for rows in getattr(statement, "_multi_values", None) or ():
+        for row in rows:
+            keys = {k if isinstance(k, str) else getattr(k, "key", None) for k in row}
+            if any(source in keys for _, sources in indexes for source in sources):
+                raise ConfigurationError(
+                    f"a multi-row VALUES clause sets a blind-indexed column of {table.name}: "
+                    "pass the rows as parameters, conn.execute(table.insert(), rows), so "
+                    "each row's index is computed"
+                )
     embedded = getattr(statement, "_values", None)
     if not embedded:
         return statement
