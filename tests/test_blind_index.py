@@ -587,10 +587,21 @@ def test_a_multi_row_values_clause_is_refused_rather_than_left_unindexed(
     engine: sa.Engine, users: Any
 ) -> None:
     table = users.__table__
-    rows = [{"id": 1, "email": "a@x.org"}, {"id": 2, "email": "b@x.org"}]
+    rows = [
+        {"id": 1, "email": "a@x.org", "phone": "+1 1"},
+        {"id": 2, "email": "b@x.org", "phone": "+1 2"},
+    ]
     with engine.begin() as conn, pytest.raises(ConfigurationError, match="multi-row VALUES"):
         conn.execute(table.insert().values(rows))
     with engine.begin() as conn:
         conn.execute(table.insert(), rows)  # the way that works
+    copy = sa.select(table.c.id + 10, table.c.phone)
+    with engine.begin() as conn, pytest.raises(ConfigurationError, match=r"INSERT \.\.\. SELECT"):
+        conn.execute(table.insert().from_select(["id", "phone"], copy))
+    with engine.begin() as conn:  # with the index selected too, rows copy as they are
+        both = sa.select(table.c.id + 10, table.c.phone, table.c.phone_bidx)
+        conn.execute(table.insert().from_select(["id", "phone", "phone_bidx"], both))
     with engine.connect() as conn:
         assert conn.execute(sa.select(table.c.id).where(table.c.email == "b@x.org")).all() == [(2,)]
+        found = conn.execute(sa.select(table.c.id).where(table.c.phone == "+1 2")).all()
+        assert sorted(found) == [(2,), (12,)]

@@ -73,6 +73,14 @@ def _statement_values(statement: Any, table: Any, indexes: Sequence[Any]) -> Any
                     "pass the rows as parameters, conn.execute(table.insert(), rows), so "
                     "each row's index is computed"
                 )
+    selected = getattr(statement, "_select_names", None) or ()  # insert().from_select()
+    for index, sources in indexes:
+        if index not in selected and any(source in selected for source in sources):
+            raise ConfigurationError(
+                f"an INSERT ... SELECT sets {table.name}'s blind-indexed column without "
+                f"its index {index}: select the index too, or insert the rows as "
+                "parameters so each row's index is computed"
+            )
     embedded = getattr(statement, "_values", None)
     if not embedded:
         return statement
