@@ -14,7 +14,7 @@ index is within 2x of the plain indexed column.
 
 Run::
 
-    .venv/bin/python bench/bench_search.py [--rows 100000] [--lookups 1000] [--repeat 5]
+    .venv/bin/python bench/bench_search.py [--rows 100000] [--lookups 1000] [--repeat 5] [--url URL]
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--lookups", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--url", help="a database URL instead of a SQLite file (tables dropped)")
     args = parser.parse_args(argv)
     keyring = LocalKeyring.generate()
     configure(Encryptor(keyring, index_key=Encryptor(keyring).new_index_key()))
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     times: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as folder:
-        engine = sa.create_engine(f"sqlite:///{folder}/search.db")
+        engine = sa.create_engine(args.url or f"sqlite:///{folder}/search.db")
         for _ in range(args.repeat):
             times["insert encrypted"].append(insert(engine, Encrypted, emails))
             times["insert with a random unique column"].append(insert(engine, WithColumn, emails))
@@ -135,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             insert(engine, Plain, emails)
             times["lookup plain"].append(lookups(engine, Plain, wanted))
             times["lookup indexed"].append(lookups(engine, Indexed, wanted))
+        Base.metadata.drop_all(engine)
         engine.dispose()
-    print(f"rows: {args.rows}, lookups: {args.lookups}, repeats: {args.repeat}, SQLite file")
+    where = engine.dialect.name if args.url else "SQLite file"
+    print(f"rows: {args.rows}, lookups: {args.lookups}, repeats: {args.repeat}, {where}")
     for name, values in times.items():
         print(f"  {name}: best {min(values):.3f} s, median {statistics.median(values):.3f} s")
 
