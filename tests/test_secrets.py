@@ -203,3 +203,15 @@ def test_concurrent_autoversioned_puts_lose_nothing(
     versions = sorted(v for batch in results for v in batch)
     assert versions == list(range(1, 201))
     assert [i.version for i in store.history("contended")] == list(range(1, 201))
+
+
+def test_names_are_case_sensitive_on_every_database(store: SecretStore) -> None:
+    # MariaDB's default collation would make 'App' and 'app' one key, and find one
+    # for the other.
+    store.put("app.Token", "lower-a")
+    store.put("App.token", "upper-a")
+    assert store.get("app.Token") == "lower-a"
+    assert store.get("App.token") == "upper-a"
+    with pytest.raises(SecretNotFound):
+        store.get("APP.TOKEN")
+    assert store.keys() == sorted(["app.Token", "App.token"])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 
 from ..encryptor import Encryptor, get_default_encryptor
@@ -43,6 +44,11 @@ NAME_LENGTH = 255
 _VERSION_RACE_RETRIES = 100
 _RACE_BACKOFF_CAP = 0.05  # seconds
 _PAYLOAD_SIZE = 16 * 1024 * 1024  # MEDIUMBLOB on MySQL: a secret is small
+# Names compare exactly, as credstash's DynamoDB keys do: MySQL's and MariaDB's
+# default collations would make "App" and "app" one key.
+_NAME_TYPE = sa.String(NAME_LENGTH).with_variant(
+    mysql.VARCHAR(NAME_LENGTH, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class SecretStore:
         self.table = sa.Table(
             table,
             sa.MetaData(),
-            sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
+            sa.Column("name", _NAME_TYPE, primary_key=True),
             sa.Column("version", sa.BigInteger, primary_key=True, autoincrement=False),
             sa.Column("payload", sa.LargeBinary(_PAYLOAD_SIZE), nullable=False),
             sa.Column("value_type", sa.String(5), nullable=False),
@@ -286,7 +292,8 @@ class SecretStore:
         t = self.table
         query = sa.select(t.c.name, t.c.version, t.c.comment, t.c.created_at, t.c.context)
         with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(t.c.name, t.c.version)).all()
+            # Sorted here: each database's collation orders names its own way.
+            rows = sorted(conn.execute(query), key=lambda row: (row.name, row.version))
         return [_info(row) for row in rows if _matches(row.name, pattern)]
 
     def keys(self) -> builtins.list[str]:
