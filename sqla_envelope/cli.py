@@ -24,8 +24,9 @@ from . import demo
 from ._version import __version__
 from .cli_index import add_index_commands
 from .cli_job import PROG, describe, fail
+from .cli_kms import add_kms_commands
 from .cli_ops import add_commands
-from .cli_secrets import add_kms_commands, add_secrets_commands
+from .cli_secrets import add_secrets_commands
 from .envelope import TAG_SIZE, Envelope, unpack
 from .errors import EnvelopeError, MalformedEnvelopeError
 from .keyrings.local import LocalKeyring

@@ -12,46 +12,29 @@ partial ``getall --skip-undecryptable``. No plaintext in any error.
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
 import getpass
-import io
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli_credstash import credstash_options, export_command, import_command
 from .cli_index import handled, key_options, keyring_of
 from .cli_job import PROG, UsageError, _engine, fail
 from .encryptor import Encryptor
-from .errors import ConfigurationError, EnvelopeError, SecretNotFound
-from .keyrings.kms import KmsKeyring
-from .keyrings.kms_setup import ensure_key, key_policy
+from .errors import EnvelopeError, SecretNotFound
 from .secrets import SecretStore
-from .secrets.credstash_export import export_credstash
-from .secrets.credstash_import import import_credstash, scan_credstash_table
+from .secrets.formats import FORMATS, UnprintableSecretError, render, text_of, variable_name
 
-__all__ = ["add_secrets_commands", "shell_quote"]
+__all__ = ["add_secrets_commands"]
 
 ENV_TABLE = "SQLA_ENVELOPE_SECRETS_TABLE"
-FORMATS = ("json", "yaml", "csv", "dotenv", "env")
 PARTIAL = 3
 _GLOB = re.compile(r"[*?\[]")
-
-
-def shell_quote(value: str) -> str:
-    """``value`` in single quotes, as a POSIX shell reads it back exactly (newlines too)."""
-    return "'" + value.replace("'", "'\\''") + "'"
-
-
-def variable_name(name: str) -> str:
-    """A secret's name as an environment variable: upper case, other characters as ``_``."""
-    variable = re.sub(r"[^A-Za-z0-9_]", "_", name).upper()
-    return "_" + variable if variable[:1].isdigit() else variable
 
 
 def _context(pairs: Sequence[str]) -> dict[str, str]:
@@ -102,40 +85,6 @@ def _store(args: argparse.Namespace) -> SecretStore:
         raise UsageError("--url (or SQLA_ENVELOPE_URL) names the database")
     table = args.table or os.environ.get(ENV_TABLE) or "credential_store"
     return SecretStore(_engine(url), Encryptor(keyring_of(args)), table=table)
-
-
-def _text_of(name: str, value: str | bytes, *, binary_as_base64: bool) -> str:
-    if isinstance(value, str):
-        return value
-    if binary_as_base64:
-        return "base64:" + base64.b64encode(value).decode("ascii")
-    raise UsageError(f"secret {name!r} is binary: read it with -f raw, or as json, yaml or csv")
-
-
-def render(secrets: Mapping[str, str | bytes], fmt: str) -> str:
-    """A map of secrets in one of the output formats, ending with a newline."""
-    if fmt in ("dotenv", "env"):
-        prefix = "export " if fmt == "env" else ""
-        lines = [
-            prefix + variable_name(name) + "="
-            + shell_quote(_text_of(name, value, binary_as_base64=False))
-            for name, value in sorted(secrets.items())
-        ]  # fmt: skip
-        return "".join(line + "\n" for line in lines)
-    texts = {name: _text_of(name, value, binary_as_base64=True) for name, value in secrets.items()}
-    if fmt == "json":
-        return json.dumps(texts, sort_keys=True, indent=4, separators=(",", ": ")) + "\n"
-    if fmt == "yaml":
-        try:
-            import yaml  # type: ignore[import-untyped]
-        except ImportError:
-            raise UsageError("-f yaml needs PyYAML: pip install pyyaml") from None
-        return str(yaml.safe_dump(texts, default_flow_style=False))
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    for name in sorted(texts):
-        writer.writerow([name, texts[name]])
-    return out.getvalue()
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:
@@ -204,7 +153,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
     elif args.format is not None:
         _write(render({args.name: value}, args.format))
     else:
-        _write(_text_of(args.name, value, binary_as_base64=False) + ("" if args.noline else "\n"))
+        _write(text_of(args.name, value, binary_as_base64=False) + ("" if args.noline else "\n"))
     return 0
 
 
@@ -275,7 +224,7 @@ def _cmd_exec(args: argparse.Namespace) -> int:
     secrets = _store(args).get_all(pattern=prefix + "*", context=_context(pairs))
     environment = dict(os.environ)
     for name, value in secrets.items():
-        environment[variable_name(name[len(prefix) :])] = _text_of(
+        environment[variable_name(name[len(prefix) :])] = text_of(
             name, value, binary_as_base64=False
         )
     try:
@@ -283,94 +232,6 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         return subprocess.run(command, env=environment, check=False).returncode  # noqa: S603
     except OSError as exc:
         raise UsageError(f"cannot run {command[0]!r}: {exc.strerror}") from None
-
-
-def _cmd_import_credstash(args: argparse.Namespace) -> int:
-    store = _store(args)
-    region = args.region or os.environ.get("SQLA_ENVELOPE_KMS_REGION")
-    endpoint = args.endpoint_url or os.environ.get("SQLA_ENVELOPE_KMS_ENDPOINT_URL")
-    items = scan_credstash_table(
-        args.dynamodb_table,
-        region=args.dynamodb_region or region,
-        endpoint_url=args.dynamodb_endpoint_url,
-    )
-    with KmsKeyring(args.from_kms_key_id, region_name=region, endpoint_url=endpoint) as kms:
-        report = import_credstash(store, items, kms, context=_context(args.context))
-    print(
-        f"imported {report.imported} version(s) of {len(report.names)} secret(s) from "
-        f"{args.dynamodb_table}; {report.already_there} already there"
-    )
-    return 0
-
-
-def _cmd_export_credstash(args: argparse.Namespace) -> int:
-    store = _store(args)
-    region = args.region or os.environ.get("SQLA_ENVELOPE_KMS_REGION")
-    endpoint = args.endpoint_url or os.environ.get("SQLA_ENVELOPE_KMS_ENDPOINT_URL")
-    with KmsKeyring(args.to_kms_key_id, region_name=region, endpoint_url=endpoint) as kms:
-        written, existing = export_credstash(
-            store,
-            args.dynamodb_table,
-            kms,
-            region=args.dynamodb_region or region,
-            endpoint_url=args.dynamodb_endpoint_url,
-            hmac_as_string=args.hmac_as_string,
-        )
-    print(f"wrote {written} credstash item(s) to {args.dynamodb_table}; {existing} already there")
-    return 0
-
-
-def _cmd_kms_setup(args: argparse.Namespace) -> int:
-    region = args.region or os.environ.get("SQLA_ENVELOPE_KMS_REGION")
-    endpoint = args.endpoint_url or os.environ.get("SQLA_ENVELOPE_KMS_ENDPOINT_URL")
-    try:
-        arn, created = ensure_key(args.alias, region=region, endpoint_url=endpoint)
-    except ConfigurationError as exc:
-        raise UsageError(str(exc)) from None
-    print(f"{'created' if created else 'found'} {args.alias}: {arn}", file=sys.stderr)
-    account = arn.split(":")[4] if arn.count(":") >= 5 else "ACCOUNT"
-    role = f"arn:aws:iam::{account}:role"
-    print(
-        key_policy(
-            account=account,
-            readers=args.reader or [f"{role}/READER"],
-            writers=args.writer or [f"{role}/WRITER"],
-            store_table=None if args.any_context else args.table,
-        )
-    )
-    return 0
-
-
-def add_kms_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    formatter: type[argparse.HelpFormatter],
-) -> None:
-    kms = commands.add_parser(
-        "kms", formatter_class=formatter, help="set up an AWS KMS key", description="AWS KMS."
-    )
-    sub = kms.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    setup = sub.add_parser(
-        "setup",
-        formatter_class=formatter,
-        help="create a KMS key and alias if missing; print a least-privilege key policy",
-        description="Create a symmetric KMS key and its alias unless the alias exists, "
-        "then print a key\npolicy (JSON, on stdout) that lets --reader principals Decrypt "
-        "and --writer principals\nGenerateDataKey, only for the credential store in "
-        "--table (or for any context with\n--any-context). Apply it with aws kms "
-        "put-key-policy.",
-        epilog=f"example:\n  {PROG} kms setup --alias alias/app-secrets --region eu-west-1 "
-        "\\\n      --reader arn:aws:iam::123456789012:role/app > policy.json",
-    )
-    setup.add_argument("--alias", required=True, metavar="alias/NAME")
-    setup.add_argument("-r", "--region", metavar="NAME", help="[SQLA_ENVELOPE_KMS_REGION]")
-    setup.add_argument("--endpoint-url", metavar="URL", help="[SQLA_ENVELOPE_KMS_ENDPOINT_URL]")
-    setup.add_argument("--reader", action="append", metavar="ARN", help="may Decrypt (repeat)")
-    setup.add_argument("--writer", action="append", metavar="ARN", help="may GenerateDataKey")
-    setup.add_argument("-t", "--table", default="credential_store", metavar="NAME")
-    setup.add_argument(
-        "--any-context", action="store_true", help="no condition on the encryption context"
-    )
-    setup.set_defaults(handler=handled(_cmd_kms_setup))
 
 
 def digest_option(parser: argparse.ArgumentParser) -> None:
@@ -390,6 +251,18 @@ def _check_digest(args: argparse.Namespace) -> None:
             f"-d {args.digest}: this store authenticates values with AES-GCM, not an HMAC; "
             "leave -d out (export-credstash writes SHA256 items)"
         )
+
+
+def _printable(handler: Any) -> Any:
+    """A value the format cannot show is the user's choice of format: a usage error."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(handler(args))
+        except UnprintableSecretError as exc:
+            raise UsageError(str(exc)) from None
+
+    return run
 
 
 def add_secrets_commands(
@@ -425,7 +298,7 @@ def add_secrets_commands(
             kms_flags=("-k", "--kms-key-id"),
             region_flags=("-r", "--region", "--kms-region"),  # one region: no DynamoDB here
         )
-        parser.set_defaults(handler=handled(handler))
+        parser.set_defaults(handler=handled(_printable(handler)))
         return parser
 
     def context_argument(parser: argparse.ArgumentParser) -> None:
@@ -482,37 +355,16 @@ def add_secrets_commands(
 
     imported = command(
         "import-credstash",
-        _cmd_import_credstash,
+        lambda args: import_command(args, _store(args), _context(args.context)),
         "copy every version of every secret of a credstash DynamoDB table into the store",
     )
-    imported.add_argument(
-        "--from-kms-key-id",
-        metavar="ID",
-        default="alias/credstash",
-        help="the KMS key of credstash's items (default: %(default)s)",
-    )
     context_argument(imported)
-
     exported = command(
         "export-credstash",
-        _cmd_export_credstash,
+        lambda args: export_command(args, _store(args)),
         "write every version of every secret as a credstash item that credstash reads",
     )
-    for parser in (imported, exported):
-        parser.add_argument("--dynamodb-table", metavar="NAME", default="credential-store")
-        parser.add_argument("--dynamodb-region", metavar="NAME", help="(default: --region)")
-        parser.add_argument("--dynamodb-endpoint-url", metavar="URL")
-    exported.add_argument(
-        "--to-kms-key-id",
-        metavar="ID",
-        default="alias/credstash",
-        help="the KMS key of the items written (default: %(default)s)",
-    )
-    exported.add_argument(
-        "--hmac-as-string",
-        action="store_true",
-        help="write hmac as a DynamoDB string, for readers older than credstash 1.13.1",
-    )
+    credstash_options(imported, exported)
 
     run = command("exec", _cmd_exec, "run a command with secrets in its environment (no shell)")
     run.add_argument("--prefix", metavar="P", help="only names starting with P, without it")
