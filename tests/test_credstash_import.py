@@ -229,3 +229,23 @@ def test_a_binary_secret_is_refused_by_name_before_anything_is_written(
         export_credstash(store, credstash_table, kms, region=REGION, endpoint_url=kms_endpoint)
     items = scan_credstash_table(credstash_table, region=REGION, endpoint_url=kms_endpoint)
     assert list(items) == []
+
+
+def test_an_item_that_is_not_text_fails_and_its_error_holds_no_decrypted_byte(
+    kms_endpoint: str, make_key: Callable[..., Key], store: SecretStore
+) -> None:
+    import base64
+
+    from sqla_envelope.secrets.credstash_format import seal_contents
+
+    secret = b"\xff\xfe not utf-8: secret-bytes-4242"
+    with KmsKeyring(make_key().arn, region_name=REGION, endpoint_url=kms_endpoint) as kms:
+        data_key, blob = kms.generate_blob({}, 64)
+        contents, tag = seal_contents(data_key, secret)
+        item = {"name": "bin", "version": "1", "key": base64.b64encode(blob).decode(),
+                "contents": contents, "hmac": tag}  # fmt: skip
+        with pytest.raises(DecryptionError, match="UnicodeDecodeError") as raised:
+            import_credstash(store, [item], kms)
+    chained = [raised.value, raised.value.__context__, raised.value.__cause__]
+    assert all(b"secret-bytes" not in repr(getattr(e, "object", b"")).encode() for e in chained)
+    assert raised.value.__context__ is None  # the UnicodeDecodeError held the plaintext

@@ -51,6 +51,18 @@ def scan_credstash_table(
             yield {name: next(iter(value.values())) for name, value in item.items()}
 
 
+def _read_item(
+    item: Mapping[str, Any], kms: KmsKeyring, context: Mapping[str, str] | None
+) -> str | type[Exception]:
+    """The value of a credstash item, or the type of the error that stopped it."""
+    try:
+        data_key = kms.decrypt_blob(base64.b64decode(item["key"]), context or {})
+        plaintext = open_contents(data_key, item["contents"], item["hmac"], item.get("digest"))
+        return plaintext.decode("utf-8")  # credstash stores UTF-8 text only
+    except (DecryptionError, UnicodeDecodeError, ValueError) as exc:
+        return type(exc)
+
+
 def import_credstash(
     store: SecretStore,
     items: Iterable[Mapping[str, Any]],
@@ -67,15 +79,14 @@ def import_credstash(
     report = ImportReport()
     for item in items:
         name, version = item["name"], normalize_version(item["version"])
-        try:
-            data_key = credstash_kms.decrypt_blob(base64.b64decode(item["key"]), context or {})
-            plaintext = open_contents(data_key, item["contents"], item["hmac"], item.get("digest"))
-            value = plaintext.decode("utf-8")  # credstash stores UTF-8 text only
-        except (DecryptionError, UnicodeDecodeError, ValueError) as exc:
+        value = _read_item(item, credstash_kms, context)
+        if not isinstance(value, str):
+            # Raised here, outside the except that caught it: a UnicodeDecodeError
+            # holds the decrypted bytes, and would ride along as __context__.
             raise DecryptionError(
                 f"credstash item {name!r} version {version} cannot be read: give the context "
-                f"it was stored with ({type(exc).__name__})"
-            ) from None
+                f"it was stored with ({value.__name__})"
+            )
         try:
             store.put(name, value, version=version, context=context, comment=item.get("comment"))
         except SecretExists:
