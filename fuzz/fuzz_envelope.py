@@ -10,7 +10,11 @@ or a damaged disk would change it, or random bytes. The oracle, for each input:
   original plaintext; for a v2 envelope, only when the bytes still are the
   original (v1 left its wrapped copies unauthenticated: an edited copy list
   around a genuine copy opens, to the same value, and is counted apart);
-- no input takes longer than ``--slow`` seconds.
+- no input takes longer than ``--slow`` seconds (the long run only: a wall clock
+  on a shared machine is no test), and, when ``trace_memory`` is on, no input makes
+  Python allocate more than a bound fixed by its own size: a length field that
+  claims gigabytes must be refused, not believed. Allocation is deterministic, so
+  the short run in the test suite checks it instead of the time.
 
 A short run is part of the test suite (tests/test_fuzz.py); a long one is::
 
@@ -24,6 +28,7 @@ import collections
 import random
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,11 +153,16 @@ class Report:
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     problems: list[str] = field(default_factory=list)
     slowest: float = 0.0
+    most_allocated: int = 0  # peak bytes allocated by one input beyond its own size
     genuine: dict[bytes, bytes] = field(default_factory=dict)  # envelope -> its plaintext
 
 
 def check_one(data: bytes, seed: Seed, reader: Encryptor, report: Report, name: str) -> None:
     """Run one input through the parser and the Encryptor; record what happened."""
+    tracing = tracemalloc.is_tracing()
+    if tracing:
+        tracemalloc.reset_peak()
+        baseline = tracemalloc.get_traced_memory()[0]
     began = time.perf_counter()
     try:
         end = header_end(data)
@@ -184,11 +194,29 @@ def check_one(data: bytes, seed: Seed, reader: Encryptor, report: Report, name: 
         else:
             report.problems.append(f"{name}: a changed v2 envelope opened")
     report.slowest = max(report.slowest, time.perf_counter() - began)
+    if tracing:
+        peak = tracemalloc.get_traced_memory()[1] - baseline - len(data)
+        report.most_allocated = max(report.most_allocated, peak)
     report.inputs += 1
 
 
-def run(inputs: int, seed: int = 0, progress: Callable[[Report], None] | None = None) -> Report:
-    """Fuzz ``inputs`` inputs; a failing input is recorded in the report, not raised."""
+def run(
+    inputs: int,
+    seed: int = 0,
+    progress: Callable[[Report], None] | None = None,
+    trace_memory: bool = False,
+) -> Report:
+    """Fuzz ``inputs`` inputs; a failing input is recorded in the report, not raised.
+
+    ``trace_memory`` records in ``most_allocated`` the most any one input made Python
+    allocate beyond its own size (tracemalloc, which slows the run about twofold).
+    """
+    if trace_memory and not tracemalloc.is_tracing():
+        tracemalloc.start()
+        try:
+            return run(inputs, seed, progress)
+        finally:
+            tracemalloc.stop()
     rng = random.Random(seed)
     pool = seeds(rng)
     # The cache is off, so every input goes through the unwrap and its checks.

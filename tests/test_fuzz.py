@@ -31,9 +31,12 @@ FUZZ = _fuzzer()
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_mutated_envelopes_never_open_to_another_value_nor_raise_anything_else(seed: int) -> None:
-    report = FUZZ.run(3_000, seed)
+    report = FUZZ.run(3_000, seed, trace_memory=True)
     assert report.problems == []
-    assert report.slowest < 1.0
+    # No input is believed about its own lengths: what one input makes Python allocate
+    # stays small whatever it claims. (Allocation, not time: a wall clock on a shared
+    # machine is no test. The long run in fuzz/ also bounds the time.)
+    assert report.most_allocated < 64 * 1024, report.most_allocated
     opened_changed_v2 = [k for k in report.outcomes if "v2 envelope opened" in k]
     assert opened_changed_v2 == []
     # Every kind of mutation was tried, and most were refused.
@@ -65,3 +68,25 @@ def test_the_oracle_catches_a_wrong_value_and_another_exception() -> None:
         "as written: a genuine envelope opened to another value",
         "as written: decrypt raised ValueError",
     ]
+
+
+def test_the_memory_bound_catches_a_reader_that_believes_a_claimed_length() -> None:
+    import tracemalloc
+
+    from sqla_envelope.errors import MalformedEnvelopeError
+
+    class Believing(Encryptor):
+        def decrypt(self, envelope: object, context: object = None) -> bytes:
+            claimed = int.from_bytes(bytes(envelope)[1:4], "big")  # type: ignore[call-overload]
+            buffer = bytearray(claimed)  # what a parser that trusts the header would do
+            raise MalformedEnvelopeError(f"short by {len(buffer)} bytes")
+
+    seed = FUZZ.seeds(__import__("random").Random(0), 1)[0]
+    report = FUZZ.Report()
+    tracemalloc.start()
+    try:
+        FUZZ.check_one(b"\x02\xff\xff\xff", seed, Believing(LocalKeyring.generate()), report, "x")
+    finally:
+        tracemalloc.stop()
+    assert report.problems == []
+    assert report.most_allocated > 16_000_000
