@@ -201,16 +201,29 @@ def test_concurrent_misses_under_a_local_keyring_each_unwrap_and_cache_once() ->
 
 
 def test_concurrent_misses_on_different_keys_load_in_parallel() -> None:
-    keyring = _keyring(delay=0.2)
+    keyring = _keyring()
     enc = Encryptor(keyring)
     envelopes = [enc.encrypt(bytes([i]), CTX) for i in range(8)]
-    threads = [threading.Thread(target=enc.decrypt, args=(e, CTX)) for e in envelopes]
-    began = time.monotonic()
+    # Every unwrap waits until all eight are in flight together: behind one lock the
+    # barrier would never fill, and each wait would break after its timeout.
+    together = threading.Barrier(8, timeout=20)
+    original = keyring.unwrap_data_key
+
+    def unwrap_with_the_others(*args: Any) -> bytes:
+        together.wait()
+        return original(*args)
+
+    keyring.unwrap_data_key = unwrap_with_the_others  # type: ignore[method-assign]
+    results: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda e=e: results.append(enc.decrypt(e, CTX))) for e in envelopes
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert time.monotonic() - began < 8 * 0.2 / 2  # not serialized behind one lock
+    assert sorted(results) == [bytes([i]) for i in range(8)]
+    assert not together.broken
     assert keyring.unwrap_calls == 8
 
 
