@@ -240,6 +240,48 @@ def test_kms_failure_during_a_bulk_write_fails_the_statement(
         assert conn.execute(sa.text("SELECT COUNT(*) FROM people")).scalar() == 0
 
 
+@pytest.mark.parametrize(
+    ("code", "status"), [("AccessDeniedException", 400), ("KMSInternalException", 500)]
+)
+def test_a_failed_batch_asks_kms_only_what_was_already_in_flight(
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    latency: Latency,
+    people: tuple[sa.Engine, type[Any]],
+    code: str,
+    status: int,
+) -> None:
+    """The first refusal ends the batch: no second round ahead, no call of the writer's own.
+
+    Before, the writer found no key ready, started another round of ``prefetch``
+    requests for the rows still reserved, then asked once more itself: 17 requests
+    for a refusal that the first 8 had already answered.
+    """
+    engine, person = people
+    writer = new_keyring(key.arn, prefetch=8)
+    sqla_envelope.configure(Encryptor(writer))
+    recorder.fail("GenerateDataKey", code, status)
+    with pytest.raises(KeyringError, match=code):
+        _insert(engine, person, 20)
+    pool = writer._pool
+    assert pool is not None
+    deadline = time.monotonic() + 10
+    while pool.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert recorder.sends == ["GenerateDataKey"] * 8
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM people")).scalar() == 0
+    # The refusal was the failed statement's own: once KMS answers, the next
+    # statement, one row or many, writes, and a single-row one asks once.
+    recorder.failures.clear()
+    recorder.clear()
+    _insert(engine, person, 1)
+    assert recorder.sends == ["GenerateDataKey"]
+    _insert(engine, person, 20, start=1)
+    assert recorder.sends.count("GenerateDataKey") == 21
+
+
 def test_kms_failure_during_a_prefetch_fails_the_select(
     key: Key,
     new_keyring: Callable[..., KmsKeyring],

@@ -25,7 +25,7 @@ __all__ = ["DataKeyPool"]
 class _Lane:
     """The keys of one encryption context: ready ones, and how many are coming."""
 
-    __slots__ = ("active", "context", "in_flight", "ready", "wanted")
+    __slots__ = ("active", "context", "failure", "in_flight", "ready", "wanted")
 
     def __init__(self, context: EncryptionContext) -> None:
         self.context = context
@@ -33,6 +33,7 @@ class _Lane:
         self.in_flight = 0
         self.wanted = 0  # keys reserved and not yet taken
         self.active = 0.0  # when a writer last reserved or took a key
+        self.failure: Exception | None = None  # the first failed request of this batch
 
 
 class DataKeyPool:
@@ -42,9 +43,11 @@ class DataKeyPool:
     values are about to be encrypted (a multi-row INSERT, an ORM flush), and the
     pool keeps up to ``size`` of them in flight on ``workers`` threads until ``n``
     are made, so KMS calls still equal values written. ``take`` hands out a ready
-    key, or generates one at once when none is ready; so a KMS failure surfaces on
-    the caller's statement as the KeyringError it gets, and a failure in a worker
-    only leaves the pool short. Keys left unused for ``max_idle`` seconds (a
+    key, or generates one at once when none is ready or coming. The first request
+    of a batch that fails ends the batch: nothing more is asked ahead, and the
+    writer's next ``take`` raises that error, once, instead of asking again; so a
+    key service that refuses or is down sees only the requests already in flight,
+    not another round. Keys left unused for ``max_idle`` seconds (a
     statement that failed half-way) are dropped rather than kept in memory. After
     ``os.fork()`` the child drops every pooled key, which the parent may hand out
     too, and its workers.
@@ -87,6 +90,8 @@ class DataKeyPool:
         """
         if self._clock() - lane.active > self.stall:
             lane.wanted = 0
+        if lane.failure is not None:
+            return 0
         missing = lane.wanted - len(lane.ready) - lane.in_flight
         count = max(0, min(missing, self.size - lane.in_flight))
         lane.in_flight += count
@@ -98,6 +103,7 @@ class DataKeyPool:
             return  # one value gains nothing from a worker
         with self._lock:
             lane = self._lane(context)
+            lane.failure = None  # a new batch: an earlier one's error is not its own
             lane.wanted += count
             lane.active = self._clock()
             start = self._top_up(lane)
@@ -107,13 +113,24 @@ class DataKeyPool:
         """A fresh data key for ``context``: a ready one, one on its way, or one generated now.
 
         Waiting for a key already requested, rather than generating another, keeps
-        KMS calls equal to values written.
+        KMS calls equal to values written. Raises the batch's failure, if a request
+        made ahead for it failed and no key is ready.
         """
         with self._lock:
             lane = self._lane(context)
-            while not lane.ready and lane.in_flight > 0 and not self._closed:
+            if self._clock() - lane.active > self.stall:
+                lane.wanted = 0  # a batch whose writer went away long ago is over
+            while (
+                not lane.ready and lane.in_flight > 0 and lane.failure is None and not self._closed
+            ):
                 self._lock.wait()
             now = self._clock()
+            failure = lane.failure
+            if failure is not None and not lane.ready:
+                lane.failure = None
+                if lane.wanted > 0:
+                    lane.wanted = 0  # the batch ends here, and its statement fails
+                    raise failure
             while lane.ready and now - lane.ready[0][0] > self.max_idle:
                 lane.ready.popleft()  # stale: drop rather than keep keys in memory
             taken = lane.ready.popleft()[1] if lane.ready else None
@@ -142,16 +159,18 @@ class DataKeyPool:
             executor.submit(self._fill, lane, self._pid)
 
     def _fill(self, lane: _Lane, pid: int) -> None:
+        failure: Exception | None = None
         try:
             data_key: DataKey | None = self._generate(lane.context)
-        except Exception:  # the writer's own call will meet and report the failure
-            data_key = None
+        except Exception as exc:  # handed to the writer, whose statement it fails
+            data_key, failure = None, exc
         with self._lock:
             lane.in_flight = max(0, lane.in_flight - 1)
             if data_key is not None and not self._closed and pid == self._pid:
                 lane.ready.append((self._clock(), data_key))
-            # After a failure, stop asking: the writer's own call reports it.
-            more = self._top_up(lane) if data_key is not None else 0
+            if failure is not None and lane.wanted > 0 and lane.failure is None:
+                lane.failure = failure  # the first only; the rest of the batch is moot
+            more = self._top_up(lane)
             self._lock.notify_all()
         self._schedule(lane, more)
 
@@ -159,6 +178,11 @@ class DataKeyPool:
         """How many keys are ready now (for tests and monitoring)."""
         with self._lock:
             return sum(len(lane.ready) for lane in self._lanes.values())
+
+    def in_flight(self) -> int:
+        """How many requests made ahead are still running (for tests and monitoring)."""
+        with self._lock:
+            return sum(lane.in_flight for lane in self._lanes.values())
 
     def close(self) -> None:
         """Stop the workers and forget every pooled key; take() still works, unpooled."""
