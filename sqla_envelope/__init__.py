@@ -24,6 +24,7 @@ from .keyrings import Keyring as Keyring
 from .keyrings import KmsKeyring as KmsKeyring
 from .keyrings import LocalKeyring as LocalKeyring
 from .rotation import rewrap as rewrap
+from .rows import SealedValue as SealedValue
 from .search import BlindIndex as BlindIndex
 from .search import plan_bits as plan_bits
 from .search import reindex as reindex
@@ -52,6 +53,7 @@ __all__ = [
     "KmsKeyring",
     "LocalKeyring",
     "MalformedEnvelopeError",
+    "SealedValue",
     "SecretExists",
     "SecretNotFound",
     "SecretStore",

@@ -25,7 +25,9 @@ from sqlalchemy.engine.cursor import FullyBufferedCursorFetchStrategy
 from sqlalchemy.sql import Insert, Update
 
 from .encryptor import Encryptor, get_default_encryptor
-from .errors import ConfigurationError, MalformedEnvelopeError
+from .errors import ConfigurationError, EnvelopeError, MalformedEnvelopeError
+from .rows.reads import bound_result_columns, wrap_rows
+from .rows.values import RowStored, bound_context, bound_pairs
 from .schema_binding import note_execution
 from .types import EncryptedType
 
@@ -65,16 +67,27 @@ def _before_execute(
         return
     if len(multiparams) < 2 or not isinstance(clauseelement.table, Table):
         return
+    translation = execution_options.get("schema_translate_map")
     for key, type_ in _encrypted_columns(clauseelement.table):
         count = sum(1 for row in multiparams if row.get(key) is not None)
         encryptor = _encryptor_of(type_) if count > 1 else None
-        if encryptor is not None:
-            try:
-                encryptor.reserve(
-                    type_.context_under(execution_options.get("schema_translate_map")), count
-                )
-            except ConfigurationError:
-                continue  # the statement's own processing raises the clear error
+        if encryptor is None:
+            continue
+        # The statement's own processing raises the clear error for what fails here.
+        with contextlib.suppress(EnvelopeError):
+            if not type_.context_columns:
+                encryptor.reserve(type_.context_under(translation), count)
+                continue
+            # Keys are made ahead per context, and each row's is its own.
+            base = type_.context_under(translation)
+            contexts: dict[bytes, list[Any]] = {}
+            for row in multiparams:
+                if row.get(key) is not None:
+                    pairs = bound_pairs(key, type_.context_columns, row.__getitem__)
+                    ctx = bound_context(key, base, pairs)
+                    contexts.setdefault(ctx.canonical, [ctx, 0])[1] += 1
+            for ctx, rows in contexts.values():
+                encryptor.reserve(ctx, rows)
 
 
 def _encrypted_result_columns(compiled: Any) -> list[tuple[int, EncryptedType]]:
@@ -102,32 +115,68 @@ def _after_cursor_execute(
     options = context.execution_options
     if options.get("stream_results") or options.get("yield_per"):
         return  # buffering the whole result would defeat streaming
+    bound = (
+        bound_result_columns(context.compiled, context.dialect)
+        if any(type_.context_columns for _, type_ in columns)
+        else []
+    )
     wanted = options.get(PREFETCH_OPTION)
     plan = []
     for index, type_ in columns:
         encryptor = _encryptor_of(type_)
         if encryptor is not None and (encryptor.prefetch if wanted is None else wanted):
             plan.append((index, type_, encryptor))
-    if not plan:
+    if not plan and not bound:
         return
+    translation = options.get("schema_translate_map")
     # The rows are fetched a chunk at a time and each chunk's keys are asked for
     # as soon as it arrives: the first requests are in flight while the rest of
     # the result is fetched. Every key is unwrapped before any row is decrypted.
     rows: list[Any] = []
     source: Iterable[Any] = _fetch_in_chunks(cursor, rows)
     for index, type_, encryptor in plan:
+        if type_.context_columns:
+            continue  # under each row's own context, once the rows are in
         # A ConfigurationError is raised again, clearly, by the rows' own decrypt.
         with contextlib.suppress(ConfigurationError):
             encryptor.unwrap_all(
                 _envelopes(type_, map(itemgetter(index), source)),
-                type_.context_under(options.get("schema_translate_map")),
+                type_.context_under(translation),
             )
         if source is not rows:
             rows.extend(cursor.fetchall())  # what the scan did not need to fetch
             source = rows
+    if source is not rows:
+        for _ in source:  # nothing scanned it: fetch the whole result into rows
+            pass
+    if bound:
+        rows = wrap_rows(rows, bound)
+        for index, type_, encryptor in plan:
+            if type_.context_columns:
+                with contextlib.suppress(ConfigurationError):
+                    _unwrap_row_bound(encryptor, type_, translation, rows, index)
     context.cursor_fetch_strategy = FullyBufferedCursorFetchStrategy(
         cursor, cursor.description, rows
     )
+
+
+def _unwrap_row_bound(
+    encryptor: Encryptor, type_: EncryptedType, translation: Any, rows: list[Any], index: int
+) -> None:
+    """Unwrap the keys of a row-bound column's values, each under its row's context."""
+    base = type_.context_under(translation)
+    label = f"{base.get('table', '')}.{base.get('column', '')}"
+    load = type_.envelope_loader()
+    items = []
+    for row in rows:
+        value = row[index]
+        if type(value) is not RowStored or value.stored is None:
+            continue
+        try:
+            items.append((load(value.stored), bound_context(label, base, value.pairs)))
+        except MalformedEnvelopeError:
+            continue  # for the row's own decrypt to report
+    encryptor.unwrap_each(items)
 
 
 _FETCH_CHUNK = 256

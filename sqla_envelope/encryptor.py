@@ -334,20 +334,48 @@ class Encryptor:
         if self._remote and in_async_greenlet():
             # An async driver has buffered the rows: listing them loses no overlap,
             # and the scan, its requests and the waits for them leave the loop.
-            return off_loop(self._unwrap_scan, list(present), ctx)
-        return self._unwrap_scan(present, ctx)
+            return off_loop(self._unwrap_scan, [(list(present), ctx)])
+        return self._unwrap_scan([(present, ctx)])
 
-    def _unwrap_scan(self, present: Iterable[bytes], ctx: EncryptionContext) -> int:
+    def unwrap_each(self, items: Iterable[tuple[bytes, Mapping[str, str] | None]]) -> int:
+        """``unwrap_all`` for envelopes of different contexts: (envelope, context) pairs.
+
+        For values bound to their rows (``context_columns``), whose contexts differ
+        row by row: the keys of every context are unwrapped concurrently, together.
+        """
+        if not self._cache.enabled:
+            return 0
+        groups: dict[bytes, tuple[list[bytes], EncryptionContext]] = {}
+        for envelope, context in items:
+            if not envelope:
+                continue
+            ctx = EncryptionContext.of(context)
+            group = groups.get(ctx.canonical)
+            if group is None:
+                group = groups[ctx.canonical] = ([], ctx)
+            group[0].append(envelope)
+        work = list(groups.values())
+        if self._remote and in_async_greenlet():
+            return off_loop(self._unwrap_scan, work)
+        return self._unwrap_scan(work)
+
+    def _unwrap_scan(self, work: Iterable[tuple[Iterable[bytes], EncryptionContext]]) -> int:
         cache = self._cache
         plan = getattr(self.keyring, "plan_unwraps", None)
-        candidates = plan(present, ctx) if plan is not None else _framed(present)
+
+        def candidates() -> Iterator[tuple[bytes, int, EncryptionContext]]:
+            for present, ctx in work:
+                found = plan(present, ctx) if plan is not None else _framed(present)
+                for envelope, end in found:
+                    yield envelope, end, ctx
+
         batch = _Batch()
         executor: ThreadPoolExecutor | None = None
         first: tuple[Any, ...] | None = None  # run here, with no thread, if it stays alone
         pending: set[bytes] = set()
         futures: list[Future[int]] = []
         try:
-            for envelope, end in candidates:
+            for envelope, end, ctx in candidates():
                 if batch.failed:
                     break
                 key = envelope[:end]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Column, Dialect, LargeBinary, String, Text
@@ -22,6 +22,13 @@ from .errors import (
     InvalidValueError,
     KeyringError,
     MalformedEnvelopeError,
+)
+from .rows.values import (
+    RowBound,
+    RowStored,
+    SealedValue,
+    bound_context,
+    check_context_columns,
 )
 from .schema_binding import TRANSLATING, SchemaTranslation, current_translation
 from .storage import (
@@ -51,6 +58,14 @@ class EncryptedType(TypeDecorator[Any]):
     ``configure()``, looked up when a value is first encrypted or decrypted.
     ``storage="base64"`` keeps envelopes as text for schemas that cannot hold
     binary.
+
+    ``context_columns=("tenant_id",)`` binds each value to those columns of its
+    own row too: their values join its context (so KMS and CloudTrail see the
+    tenant), and a value copied to a row whose bound values differ, or left in a
+    row whose tenant changed, fails to decrypt. The ORM and Core statements that
+    give the bound columns with the value write it (rows/sync.py); one that does
+    not is refused before it runs. A result that carries the bound columns reads
+    it; one that does not yields a SealedValue to ``open(row)`` (rows/values.py).
 
     ``allow_plaintext=True`` is for the duration of a migration only (as Rails'
     ``support_unencrypted_data``): a stored value that is not an envelope at all
@@ -85,6 +100,7 @@ class EncryptedType(TypeDecorator[Any]):
         storage: Storage = "binary",
         allow_plaintext: bool = False,
         check_length: bool = True,
+        context_columns: Sequence[str] = (),
     ) -> None:
         super().__init__()
         logical = inner = to_instance(impl_type)
@@ -107,6 +123,9 @@ class EncryptedType(TypeDecorator[Any]):
         self.storage = storage
         self.allow_plaintext = allow_plaintext
         self.check_length = check_length
+        self.context_columns = check_context_columns(context_columns)
+        if self.context_columns:
+            install_row_binding()
         if storage == "base64":
             self.impl = self.impl_instance = Text()  # type: ignore[assignment]
         self._column: Column[Any] | None = None
@@ -236,6 +255,8 @@ class EncryptedType(TypeDecorator[Any]):
         store = self.envelope_storer()
         context: EncryptionContext | None = None
         translating = TRANSLATING
+        if self.context_columns:
+            return self._within_capacity(dialect, self._row_bound_writer(encode, store))
 
         def process(value: Any) -> Any:
             nonlocal context
@@ -257,23 +278,67 @@ class EncryptedType(TypeDecorator[Any]):
             raise self._unwritable(failure)
 
         # The TypeDecorator's own conversion, for None too, as SQLAlchemy calls it.
-        decorated = self._decorators.before(process, self._label())
+        return self._within_capacity(dialect, self._decorators.before(process, self._label()))
+
+    def _within_capacity(self, dialect: Dialect, process: Callable[[Any], Any]) -> Any:
+        """``process``, refusing on MySQL an envelope too long for the column."""
         if dialect.name not in ("mysql", "mariadb"):
-            return decorated
+            return process
         # MySQL without a strict sql_mode cuts a value too long for its column,
         # with a warning nobody reads: the envelope would never decrypt again.
         capacity = mysql_capacity(self._codec, self._base, self.storage)
 
         def process_within_capacity(value: Any) -> Any:
-            stored = decorated(value)
+            stored = process(value)
             if stored is not None and len(stored) > capacity:
                 raise self._too_large(len(stored), capacity)
             return stored
 
         return process_within_capacity
 
+    def _row_bound_writer(
+        self, encode: Callable[[Any], bytes], store: Callable[[bytes], Any]
+    ) -> Callable[[Any], Any]:
+        """The bind processor of a column bound to other columns of its row.
+
+        It takes only a RowBound, which the engine hook (rows/sync.py) makes of
+        each value whose statement gives the bound columns too: anything else
+        reached here through a statement that does not, and is refused.
+        """
+        label = self._label()
+        convert = self._decorators.before(_same, label)
+        names = ", ".join(self.context_columns)
+
+        def process(value: Any) -> Any:
+            if value is None:
+                return convert(None)
+            if type(value) is not RowBound:
+                raise ConfigurationError(
+                    f"{label} is bound to its row's {names}, which this statement does not "
+                    "give with the value: give them in the same statement, as Python values "
+                    "(the ORM does)"
+                )
+            inner = convert(value.value)
+            if inner is None:
+                return None
+            context = bound_context(label, self.execution_context(), value.pairs)
+            encryptor = self.encryptor if self.encryptor is not None else get_default_encryptor()
+            try:
+                envelope = encryptor.seal(encode(inner), context)
+            except (KeyringError, ConfigurationError):
+                raise
+            except Exception as exc:  # re-raised below, holding nothing of the value
+                failure = exc
+            else:
+                return store(envelope)
+            raise self._unwritable(failure)
+
+        return process
+
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         """Returns the function SQLAlchemy calls for each fetched value of this column."""
+        if self.context_columns:
+            return self._row_bound_reader()
         decode = self._codec.decode
         fixed = self.encryptor
         load = self.envelope_loader()
@@ -300,6 +365,51 @@ class EncryptedType(TypeDecorator[Any]):
             return self._unreadable(stored, failure)
 
         return self._decorators.after(process, self._label())
+
+    def _row_bound_reader(self) -> Callable[[Any], Any]:
+        """The result processor of a column bound to other columns of its row.
+
+        A RowStored (the result carried the bound columns: rows/reads.py) is
+        opened under them; a bare stored value becomes a SealedValue.
+        """
+        after = self._decorators.after(_same, self._label())
+        names = self.context_columns
+
+        def process(value: Any) -> Any:
+            if type(value) is RowStored:
+                if value.stored is None:
+                    return after(None)
+                return self.open_row_bound(value.stored, value.pairs)
+            if value is None:
+                return after(None)
+            return SealedValue(value, names, self.open_row_bound)
+
+        return process
+
+    def open_row_bound(self, stored: Any, pairs: tuple[tuple[str, str], ...]) -> Any:
+        """Decrypt a stored value of a row-bound column under its row's bound values.
+
+        ``pairs`` are the (column, text) pairs of rows/values.bound_pairs. A value
+        that does not decrypt under them raises DecryptionError naming them: it was
+        written for another row, or its row's bound values changed without it
+        being encrypted again, or it was altered.
+        """
+        label = self._label()
+        context = bound_context(label, self.execution_context(), pairs)
+        encryptor = self.encryptor if self.encryptor is not None else get_default_encryptor()
+        try:
+            envelope = self.envelope_loader()(stored)
+            return self.codec.decode(encryptor.open(envelope, context))
+        except DecryptionError as exc:
+            failure = exc
+        if type(failure) is DecryptionError:
+            shown = ", ".join(f"{name}={text!r}" for name, text in pairs)
+            raise DecryptionError(
+                f"{label}: does not decrypt under its row's {shown}: it was written for "
+                "another row (copied, or the row's bound columns changed without it being "
+                "encrypted again), or it was altered"
+            )
+        return self._decorators.after(_same, label)(self._unreadable(stored, failure))
 
     def _unwritable(self, failure: Exception) -> InvalidValueError:
         """The error for a value that cannot be encrypted, holding nothing of the value.
@@ -415,6 +525,7 @@ class EncryptedType(TypeDecorator[Any]):
             self.storage,
             self.allow_plaintext,
             self.check_length,
+            self.context_columns,
         )
 
     # -- rendering (Alembic autogenerate, logs) -------------------------------------
@@ -433,7 +544,20 @@ class EncryptedType(TypeDecorator[Any]):
             args.append("allow_plaintext=True")
         if not self.check_length:
             args.append("check_length=False")
+        if self.context_columns:
+            args.append(f"context_columns={self.context_columns!r}")
         return f"EncryptedType({', '.join(args)})"
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def install_row_binding() -> None:
+    """Install the engine and ORM hooks that carry a row's bound values (idempotent)."""
+    from .rows import install
+
+    install()
 
 
 # Alembic renders a custom type as "<its module>.<repr>"; advertising the public

@@ -43,6 +43,7 @@ EXPORTED = [
     "KmsKeyring",
     "LocalKeyring",
     "MalformedEnvelopeError",
+    "SealedValue",
     "SecretExists",
     "SecretNotFound",
     "SecretStore",

@@ -16,12 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from sqlalchemy.sql import Insert, Update
 from sqlalchemy.sql.elements import BindParameter
 
 from ..errors import ConfigurationError
+from ..write_hooks import embedded_values, listen_on_writes
 from .blind_index import BlindIndex
 
 __all__ = ["install", "table_indexes"]
@@ -81,15 +79,9 @@ def _statement_values(statement: Any, table: Any, indexes: Sequence[Any]) -> Any
                 f"its index {index}: select the index too, or insert the rows as "
                 "parameters so each row's index is computed"
             )
-    embedded = getattr(statement, "_values", None)
-    if not embedded:
+    given = embedded_values(statement)
+    if not given:
         return statement
-    given: dict[str, Any] = {}
-    for target, value in embedded.items():
-        key = target if isinstance(target, str) else getattr(target, "key", None)
-        if key is None:
-            continue
-        given[key] = value
     plain: dict[str, Any] = {}
     for index, sources in indexes:
         if index in given or not any(source in given for source in sources):
@@ -110,26 +102,6 @@ def _statement_values(statement: Any, table: Any, indexes: Sequence[Any]) -> Any
     return statement.values({key: extra[key] for key in extra if key not in plain})
 
 
-def _before_execute(
-    conn: Any, clauseelement: Any, multiparams: Any, params: Any, execution_options: Any
-) -> tuple[Any, Any, Any]:
-    if not isinstance(clauseelement, (Insert, Update)):
-        return clauseelement, multiparams, params
-    table = clauseelement.table
-    indexes = table_indexes(table)
-    if not indexes:
-        return clauseelement, multiparams, params
-    clauseelement = _statement_values(clauseelement, table, indexes)
-    if multiparams:
-        multiparams = [
-            _filled(each, indexes) if isinstance(each, Mapping) else each for each in multiparams
-        ]
-    if params:
-        params = _filled(params, indexes)
-    return clauseelement, multiparams, params
-
-
 def install() -> None:
     """Listen on every Engine (idempotent)."""
-    if not event.contains(Engine, "before_execute", _before_execute):
-        event.listen(Engine, "before_execute", _before_execute, retval=True)
+    listen_on_writes(table_indexes, _statement_values, _filled)

@@ -1,0 +1,131 @@
+"""Keeps an ORM object's row-bound values and the columns they are bound to in step.
+
+Three jobs, through SQLAlchemy's mapper and instance events:
+
+- An UPDATE that sets a row-bound value carries the bound columns too (the ORM
+  would send only what changed), so rows/sync.py can bind the value to them.
+- A bound column that changes re-encrypts the values bound to it, under the new
+  values, in the same flush: moving a row to another tenant through the ORM
+  keeps its values readable. (A raw UPDATE of the tenant alone leaves them
+  unreadable, with an error that says why.)
+- A value loaded without its bound columns (a deferred column, ``load_only``)
+  arrives as a SealedValue and is opened with the object's bound values as they
+  are in the database, not as changed in memory since.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from sqlalchemy import event, inspect, select
+from sqlalchemy.orm import Mapper
+from sqlalchemy.orm.attributes import flag_modified, set_committed_value
+from sqlalchemy.orm.base import LoaderCallableStatus
+
+from .values import SealedValue
+
+__all__ = ["install"]
+
+# attribute key of the value, attribute keys of the columns it is bound to
+Binding = tuple[str, tuple[str, ...]]
+
+_ABSENT = object()
+_mappers: weakref.WeakKeyDictionary[Mapper[Any], list[Binding]] = weakref.WeakKeyDictionary()
+
+
+def _bindings(mapper: Mapper[Any]) -> list[Binding]:
+    found = _mappers.get(mapper)
+    if found is None:
+        found = []
+        for prop in mapper.column_attrs:
+            column = prop.columns[0]
+            names = getattr(column.type, "context_columns", ())
+            table = getattr(column, "table", None)
+            if not names or table is None:
+                continue
+            keys = tuple(mapper.get_property_by_column(table.c[name]).key for name in names)
+            found.append((prop.key, keys))
+        _mappers[mapper] = found
+    return found
+
+
+def _before_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    bindings = _bindings(mapper)
+    if not bindings:
+        return
+    state = inspect(target)
+    changed = state.committed_state
+    for key, bound in bindings:
+        moved = any(name in changed for name in bound)
+        if key not in changed and not moved:
+            continue
+        if moved and key not in changed:
+            # Read under the values in the database, written under the new ones.
+            current = state.dict.get(key, _ABSENT)
+            if current is _ABSENT or type(current) is SealedValue:
+                current = _as_stored(mapper, connection, state, key, bound)
+            if current is None:
+                continue
+            set_committed_value(target, key, current)
+            flag_modified(target, key)
+        for name in bound:
+            getattr(target, name)  # loads it if expired: the UPDATE must carry it
+            flag_modified(target, name)
+
+
+def _as_stored(
+    mapper: Mapper[Any], connection: Any, state: Any, key: str, bound: tuple[str, ...]
+) -> Any:
+    """A value as its row in the database holds it, read with the columns it is bound to.
+
+    For a value not loaded (expired, deferred) whose row's bound columns changed in
+    memory: the object no longer knows what the value was bound to; the row does.
+    """
+    if state.key is None:
+        return None  # not in the database yet: nothing to re-encrypt
+    columns = mapper.column_attrs
+    value = columns[key].columns[0]
+    wanted = [value, *(columns[name].columns[0] for name in bound)]
+    where = [column == part for column, part in zip(mapper.primary_key, state.key[1], strict=True)]
+    return connection.execute(select(*wanted).where(*where)).scalar_one_or_none()
+
+
+def _open(state: Any, keys: Any = None) -> None:
+    bindings = _bindings(state.mapper)
+    if not bindings:
+        return
+    values = state.dict
+    for key, bound in bindings:
+        sealed = values.get(key)
+        if type(sealed) is not SealedValue or (keys is not None and key not in keys):
+            continue
+        if not all(name in values for name in bound):
+            continue  # left sealed: open(obj) once its bound columns are loaded
+        # As stored: committed_state holds the loaded value of a column changed since.
+        row = {name: state.committed_state.get(name, values[name]) for name in bound}
+        if any(isinstance(value, LoaderCallableStatus) for value in row.values()):
+            continue  # changed before it was ever loaded: the flush reads it from the row
+        columns = state.mapper.column_attrs
+        names = {name: columns[name].columns[0].key for name in bound}
+        opened = sealed.open({names[name]: row[name] for name in bound})
+        set_committed_value(state.obj(), key, opened)
+
+
+def _on_load(target: Any, context: Any) -> None:
+    _open(inspect(target))
+
+
+def _on_refresh(target: Any, context: Any, keys: Any) -> None:
+    _open(inspect(target), keys)
+
+
+def install() -> None:
+    """Listen on every mapper (idempotent)."""
+    for name, listener in (
+        ("before_update", _before_update),
+        ("load", _on_load),
+        ("refresh", _on_refresh),
+    ):
+        if not event.contains(Mapper, name, listener):
+            event.listen(Mapper, name, listener)

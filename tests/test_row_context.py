@@ -1,0 +1,308 @@
+"""Values bound to other columns of their row: ``EncryptedType(context_columns=...)`` (issue 17).
+
+Each value's encryption context holds its row's tenant, through the ORM and Core,
+on SQLite, PostgreSQL and MariaDB. A value copied to another tenant's row, or left
+in a row whose tenant changed by raw SQL, fails to decrypt with an error naming
+the row's values; a write that cannot give the bound values stores nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
+
+from sqla_envelope import (
+    ConfigurationError,
+    DecryptionError,
+    EncryptedType,
+    Encryptor,
+    InvalidValueError,
+    SealedValue,
+)
+
+SECRET = "never-stored-0xC0FFEE"
+
+
+class Models:
+    def __init__(self, base: type[DeclarativeBase]) -> None:
+        class Patient(base):  # type: ignore[valid-type, misc]
+            __tablename__ = "rowctx_patients"
+            id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+            tenant_id: Mapped[int | None]
+            name: Mapped[str | None] = mapped_column(sa.String(40))
+            ssn: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.String(20), context_columns=("tenant_id",))
+            )
+
+        class Account(base):  # type: ignore[valid-type, misc]
+            __tablename__ = "rowctx_accounts"
+            id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+            org: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+            region: Mapped[str] = mapped_column(sa.String(20))
+            token: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.String, context_columns=("org", "region"))
+            )
+
+        self.Patient = Patient
+        self.Account = Account
+
+
+@pytest.fixture
+def models(engine: sa.Engine, base: type[DeclarativeBase], encryptor: Encryptor) -> Models:
+    found = Models(base)
+    base.metadata.drop_all(engine)
+    base.metadata.create_all(engine)
+    return found
+
+
+def stored(engine: sa.Engine, table: str, row_id: int, column: str = "ssn") -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(f"SELECT {column} FROM {table} WHERE id = :i"), {"i": row_id}
+        ).scalar()
+
+
+def seed(engine: sa.Engine, models: Models) -> None:
+    with Session(engine) as session:
+        session.add_all(
+            [
+                models.Patient(id=1, tenant_id=7, ssn="111-11-1111"),
+                models.Patient(id=2, tenant_id=8, ssn="222-22-2222"),
+            ]
+        )
+        session.commit()
+
+
+def test_each_value_is_bound_to_its_rows_tenant(
+    engine: sa.Engine, models: Models, encryptor: Encryptor
+) -> None:
+    seed(engine, models)
+    envelope = bytes(stored(engine, "rowctx_patients", 1))
+    table_context = {"table": "rowctx_patients", "column": "ssn"}
+    assert encryptor.decrypt(envelope, {**table_context, "tenant_id": "7"}) == b"111-11-1111"
+    with pytest.raises(DecryptionError):
+        encryptor.decrypt(envelope, table_context)
+    with pytest.raises(DecryptionError):
+        encryptor.decrypt(envelope, {**table_context, "tenant_id": "8"})
+    with Session(engine) as session:
+        rows = session.scalars(sa.select(models.Patient).order_by(models.Patient.id)).all()
+        assert [(p.tenant_id, p.ssn) for p in rows] == [(7, "111-11-1111"), (8, "222-22-2222")]
+
+
+def test_a_value_copied_to_another_tenants_row_fails_naming_the_row(
+    engine: sa.Engine, models: Models
+) -> None:
+    seed(engine, models)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE rowctx_patients SET ssn = (SELECT ssn FROM "
+                "(SELECT ssn FROM rowctx_patients WHERE id = 2) AS other) WHERE id = 1"
+            )
+        )
+    with Session(engine) as session, pytest.raises(DecryptionError) as raised:
+        session.get(models.Patient, 1)
+    message = str(raised.value)
+    assert "rowctx_patients.ssn" in message and "tenant_id='7'" in message
+    assert "222" not in message
+    with Session(engine) as session:  # the other tenant is untouched
+        assert session.get(models.Patient, 2).ssn == "222-22-2222"  # type: ignore[union-attr]
+
+
+def test_a_tenant_changed_by_raw_sql_leaves_the_value_unreadable(
+    engine: sa.Engine, models: Models
+) -> None:
+    seed(engine, models)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE rowctx_patients SET tenant_id = 8 WHERE id = 1"))
+    with engine.connect() as conn, pytest.raises(DecryptionError, match="tenant_id='8'"):
+        conn.execute(sa.select(models.Patient.__table__).where(sa.column("id") == 1)).all()
+
+
+@pytest.mark.parametrize("loaded", [True, False])
+def test_the_orm_re_encrypts_a_value_when_its_tenant_changes(
+    engine: sa.Engine, models: Models, encryptor: Encryptor, loaded: bool
+) -> None:
+    seed(engine, models)
+    before = stored(engine, "rowctx_patients", 1)
+    with Session(engine) as session:
+        query = sa.select(models.Patient).where(models.Patient.id == 1)
+        if not loaded:
+            query = query.options(defer(models.Patient.ssn))
+        patient = session.scalars(query).one()
+        patient.tenant_id = 9
+        session.commit()
+    assert stored(engine, "rowctx_patients", 1) != before
+    with Session(engine) as session:
+        assert session.get(models.Patient, 1).ssn == "111-11-1111"  # type: ignore[union-attr]
+    envelope = bytes(stored(engine, "rowctx_patients", 1))
+    context = {"table": "rowctx_patients", "column": "ssn", "tenant_id": "9"}
+    assert encryptor.decrypt(envelope, context) == b"111-11-1111"
+
+
+def test_a_tenant_changed_after_the_object_expired_is_re_encrypted_from_the_row(
+    engine: sa.Engine, models: Models
+) -> None:
+    seed(engine, models)
+    with Session(engine) as session:
+        patient = session.get(models.Patient, 1)
+        assert patient is not None
+        session.commit()  # expires everything: the value is not in memory
+        patient.tenant_id = 10
+        session.commit()
+    with Session(engine) as session:
+        assert session.get(models.Patient, 1).ssn == "111-11-1111"  # type: ignore[union-attr]
+
+
+def test_updates_through_the_orm_carry_the_bound_columns(engine: sa.Engine, models: Models) -> None:
+    seed(engine, models)
+    with Session(engine) as session:
+        patient = session.get(models.Patient, 2)
+        assert patient is not None
+        session.commit()
+        patient.ssn = "333-33-3333"  # the tenant is expired and not changed: loaded, sent
+        session.commit()
+        session.merge(models.Patient(id=1, tenant_id=7, ssn="444-44-4444"))
+        session.commit()
+        session.execute(
+            sa.insert(models.Patient), [{"id": 3, "tenant_id": 7, "ssn": "555-55-5555"}]
+        )
+        session.execute(
+            sa.update(models.Patient), [{"id": 3, "tenant_id": 7, "ssn": "666-66-6666"}]
+        )
+        session.commit()
+    with Session(engine) as session:
+        rows = session.scalars(sa.select(models.Patient).order_by(models.Patient.id)).all()
+        assert [p.ssn for p in rows] == ["444-44-4444", "333-33-3333", "666-66-6666"]
+
+
+def test_core_writes_and_reads(engine: sa.Engine, models: Models) -> None:
+    table = models.Patient.__table__
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=1, tenant_id=7, ssn="111"))
+        conn.execute(
+            table.insert(),
+            [{"id": 2, "tenant_id": 8, "ssn": "222"}, {"id": 3, "tenant_id": 8, "ssn": None}],
+        )
+        conn.execute(table.update().where(table.c.id == 3).values(tenant_id=8, ssn="333"))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(table.c.id, table.c.ssn, table.c.tenant_id).order_by(table.c.id)
+        ).all()
+        assert [(r.id, r.ssn) for r in rows] == [(1, "111"), (2, "222"), (3, "333")]
+        # Without the bound column the value arrives sealed, and opens with it.
+        sealed = conn.execute(sa.select(table.c.ssn).where(table.c.id == 1)).scalar_one()
+        assert isinstance(sealed, SealedValue)
+        assert "111" not in repr(sealed) and "111" not in str(sealed)
+        assert sealed.open(tenant_id=7) == "111"
+        assert sealed.open({"tenant_id": 7}) == "111"
+        with pytest.raises(DecryptionError, match="tenant_id='8'"):
+            sealed.open(tenant_id=8)
+
+
+@pytest.mark.parametrize(
+    ("statement", "error"),
+    [
+        ("update-without-tenant", ConfigurationError),
+        ("insert-without-tenant", ConfigurationError),
+        ("null-tenant", InvalidValueError),
+        ("multi-row-values", ConfigurationError),
+        ("tenant-from-sql", ConfigurationError),
+        ("text", ConfigurationError),
+    ],
+)
+def test_a_write_that_cannot_bind_stores_nothing(
+    engine: sa.Engine, models: Models, statement: str, error: type[Exception]
+) -> None:
+    seed(engine, models)
+    table = models.Patient.__table__
+    before = {i: stored(engine, "rowctx_patients", i) for i in (1, 2)}
+    run = {
+        "update-without-tenant": lambda c: c.execute(
+            table.update().where(table.c.id == 1).values(ssn=SECRET)
+        ),
+        "insert-without-tenant": lambda c: c.execute(table.insert(), [{"id": 5, "ssn": SECRET}]),
+        "null-tenant": lambda c: c.execute(
+            table.insert(), [{"id": 5, "tenant_id": None, "ssn": SECRET}]
+        ),
+        "multi-row-values": lambda c: c.execute(
+            table.insert().values(
+                [{"id": 5, "tenant_id": 1, "ssn": SECRET}, {"id": 6, "tenant_id": 1, "ssn": SECRET}]
+            )
+        ),
+        "tenant-from-sql": lambda c: c.execute(
+            table.update()
+            .where(table.c.id == 1)
+            .values(ssn=SECRET, tenant_id=table.c.tenant_id + 0)
+        ),
+        "text": lambda c: c.execute(
+            sa.text("UPDATE rowctx_patients SET ssn = :v WHERE id = 1").bindparams(
+                sa.bindparam("v", type_=table.c.ssn.type)
+            ),
+            {"v": SECRET},
+        ),
+    }[statement]
+    with pytest.raises(error) as raised, engine.begin() as conn:
+        run(conn)
+    assert SECRET not in str(raised.value)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM rowctx_patients")).scalar() == 2
+    assert {i: stored(engine, "rowctx_patients", i) for i in (1, 2)} == before
+
+
+def test_a_new_object_without_its_tenant_is_refused(engine: sa.Engine, models: Models) -> None:
+    with Session(engine) as session:
+        session.add(models.Patient(id=1, ssn="111"))
+        with pytest.raises(InvalidValueError, match="tenant_id, which is NULL"):
+            session.commit()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM rowctx_patients")).scalar() == 0
+
+
+def test_several_bound_columns_of_uuid_and_text(engine: sa.Engine, models: Models) -> None:
+    org = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    with Session(engine) as session:
+        session.add(models.Account(id=1, org=org, region="eu", token="tok-1"))
+        session.commit()
+    with Session(engine) as session:
+        account = session.get(models.Account, 1)
+        assert account is not None and account.token == "tok-1"
+        account.region = "us"
+        session.commit()
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(models.Account.__table__)).one()
+        assert (row.region, row.token) == ("us", "tok-1")
+        conn.execute(sa.text("UPDATE rowctx_accounts SET region = 'eu'"))
+        with pytest.raises(DecryptionError, match="region='eu'"):
+            conn.execute(sa.select(models.Account.__table__)).all()
+
+
+def test_declaring_a_bound_column_the_table_lacks_is_refused(
+    engine: sa.Engine, encryptor: Encryptor
+) -> None:
+    table = sa.Table(
+        "rowctx_broken",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("v", EncryptedType(sa.String, context_columns=("tenant",))),
+    )
+    with engine.connect() as conn, pytest.raises(ConfigurationError, match="no column for"):
+        conn.execute(table.insert(), [{"id": 1, "v": "x"}])
+
+
+@pytest.mark.parametrize("bad", ["tenant_id", ("a", "a"), ("",)])
+def test_context_columns_must_name_distinct_columns(bad: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        EncryptedType(sa.String, context_columns=bad)
+
+
+def test_the_cache_key_and_alembic_repr_hold_the_bound_columns() -> None:
+    bound = EncryptedType(sa.String, context_columns=("tenant_id",))
+    other = EncryptedType(sa.String, context_columns=("org",))
+    assert bound._static_cache_key != other._static_cache_key
+    assert bound._static_cache_key != EncryptedType(sa.String)._static_cache_key
+    assert repr(bound) == "EncryptedType(sa.String(), context_columns=('tenant_id',))"
