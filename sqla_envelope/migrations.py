@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .context import EncryptionContext
 from .errors import ConfigurationError, DecryptionError, MalformedEnvelopeError
 from .rotation import (
     Bind,
@@ -19,6 +20,7 @@ from .rotation import (
     encrypted_column,
     worker_count,
 )
+from .rows.walking import RowContexts
 from .schema_binding import translation_of
 from .search.blind_index import BlindIndex
 from .types import EncryptedType
@@ -41,14 +43,16 @@ def _plain_column(column: Any) -> sa.Column[Any]:
     return target
 
 
-def _is_envelope(stored: Any, type_: EncryptedType, load: Any, opens: Any) -> bool:
+def _is_envelope(
+    stored: Any, type_: EncryptedType, load: Any, opens: Any, context: EncryptionContext
+) -> bool:
     """True if ``stored`` is an envelope that decrypts, False if it is plaintext.
 
     Raises for a value that starts like an envelope and does not decrypt: a
     damaged envelope is reported, never taken for plaintext and encrypted again.
     """
     try:
-        opens(load(stored))
+        opens(load(stored), context)
     except MalformedEnvelopeError:
         if type_.looks_like_envelope(stored):
             raise
@@ -90,14 +94,14 @@ def encrypt_column(
     """
     table, col, type_ = encrypted_column(column)
     encryptor = column_encryptor(type_)
-    context = type_.context_under(translation_of(bind))
+    contexts = RowContexts(table, col, type_.context_under(translation_of(bind)))
     load, store = type_.envelope_loader(), type_.envelope_storer()
     encode, decode = type_.codec.encode, type_.codec.decode
 
-    def opens(envelope: bytes) -> None:
+    def opens(envelope: bytes, context: EncryptionContext) -> None:
         encryptor.open(envelope, context)
 
-    def seal(value: Any) -> Any:
+    def seal(value: Any, context: EncryptionContext) -> Any:
         return store(encryptor.seal(encode(value), context))
 
     if decode_with is not None:
@@ -115,9 +119,9 @@ def encrypt_column(
                 "EncryptedType column and pass the plaintext column as source="
             )
 
-        def in_place(row: tuple[Any, ...]) -> Any:
+        def in_place(row: tuple[Any, ...], context: EncryptionContext) -> Any:
             (stored,) = row
-            if stored is None or _is_envelope(stored, type_, load, opens):
+            if stored is None or _is_envelope(stored, type_, load, opens, context):
                 return SKIP
             plaintext = stored.encode("utf-8") if isinstance(stored, str) else bytes(stored)
             try:
@@ -126,23 +130,27 @@ def encrypt_column(
                 raise DecryptionError(
                     f"plaintext is not a valid {type_.codec.name} value"
                 ) from None
-            return seal(value)
+            return seal(value, context)
 
         transform, read, guard = in_place, [col], [col]
     else:
         plain = _plain_column(source)
 
-        def from_source(row: tuple[Any, ...]) -> Any:
+        def from_source(row: tuple[Any, ...], context: EncryptionContext) -> Any:
             stored, value = row
-            if value is None or (stored is not None and _is_envelope(stored, type_, load, opens)):
+            if value is None or (
+                stored is not None and _is_envelope(stored, type_, load, opens, context)
+            ):
                 return SKIP
-            return seal(value)
+            return seal(value, context)
 
         transform, read, guard = from_source, [col, plain], [col, plain]
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
+    width = len(read)
+    read, guard = [*read, *contexts.columns], [*guard, *contexts.columns]
     return walk_column(
-        bind, table, read, guard, col, transform, report,
+        bind, table, read, guard, col, contexts.adapt(transform, width), report,
         batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
         start_after=start_after, progress=progress,
         workers=worker_count(workers, encryptor.keyring),
@@ -179,12 +187,12 @@ def _from_old_type(
                 raise ValueError("the value does not encrypt back to what is stored")
         return value
 
-    def from_old(row: tuple[Any, ...]) -> Any:
+    def from_old(row: tuple[Any, ...], context: EncryptionContext) -> Any:
         (stored,) = row
         if stored is None:
             return SKIP
         try:
-            opens(load(stored))
+            opens(load(stored), context)
         except DecryptionError:
             pass  # not one of ours (a damaged one of ours fails below, and is reported)
         else:
@@ -196,7 +204,7 @@ def _from_old_type(
         else:
             if value is None:
                 return SKIP
-            return seal(value)
+            return seal(value, context)
         raise DecryptionError(
             f"{described} cannot read the stored value ({failure}): is it the old key, "
             "engine and padding the column was written with?"
@@ -228,7 +236,7 @@ def decrypt_column(
     """
     table, col, type_ = encrypted_column(column)
     encryptor = column_encryptor(type_)
-    context = type_.context_under(translation_of(bind))
+    contexts = RowContexts(table, col, type_.context_under(translation_of(bind)))
     load = type_.envelope_loader()
     decode = type_.codec.decode
     as_text = type_.storage == "base64"
@@ -240,7 +248,7 @@ def decrypt_column(
                 "column as target="
             )
 
-        def in_place(row: tuple[Any, ...]) -> Any:
+        def in_place(row: tuple[Any, ...], context: EncryptionContext) -> Any:
             (stored,) = row
             if stored is None:
                 return SKIP
@@ -257,7 +265,7 @@ def decrypt_column(
     else:
         plain = _plain_column(target)
 
-        def to_target(row: tuple[Any, ...]) -> Any:
+        def to_target(row: tuple[Any, ...], context: EncryptionContext) -> Any:
             stored, value = row
             if stored is None or value is not None:
                 return SKIP
@@ -266,8 +274,10 @@ def decrypt_column(
         transform, read, guard, write = to_target, [col, plain], [col, plain], plain
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
+    width = len(read)
+    read, guard = [*read, *contexts.columns], [*guard, *contexts.columns]
     return walk_column(
-        bind, table, read, guard, write, transform, report,
+        bind, table, read, guard, write, contexts.adapt(transform, width), report,
         batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
         start_after=start_after, progress=progress,
         workers=worker_count(workers, encryptor.keyring),

@@ -17,6 +17,7 @@ from .encryptor import Encryptor, get_default_encryptor
 from .envelope import header_end, wrapped_keys_of
 from .errors import ConfigurationError, DecryptionError, MalformedEnvelopeError
 from .keyrings.base import Keyring, call_keyring
+from .rows.walking import RowContexts
 from .schema_binding import translation_of
 from .types import EncryptedType
 from .walk import SKIP, ColumnReport, Progress, Shard, walk_column
@@ -83,10 +84,10 @@ def rewrap_column(
     source = column_encryptor(type_).reading_v1()
     target = _sealer(to)
     keyring = target.keyring
-    context = type_.context_under(translation_of(bind))
+    contexts = RowContexts(table, col, type_.context_under(translation_of(bind)))
     load, store = type_.envelope_loader(), type_.envelope_storer()
 
-    def transform(row: tuple[Any, ...]) -> Any:
+    def transform(row: tuple[Any, ...], context: EncryptionContext) -> Any:
         (stored,) = row
         if stored is None:
             return SKIP
@@ -104,13 +105,14 @@ def rewrap_column(
         return stored if dry_run else store(target.seal(plaintext, context))
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
+    read = [col, *contexts.columns]
     return walk_column(
         bind,
         table,
-        [col],
-        [col],
+        read,
+        read,
         col,
-        transform,
+        contexts.adapt(transform, 1),
         report,
         batch_size=batch_size,
         dry_run=dry_run,
@@ -175,14 +177,15 @@ def reencrypt(
     table, col, type_ = encrypted_column(column)
     source = column_encryptor(type_).reading_v1()
     target = column_encryptor(type_) if to is None else _sealer(to)
-    current = type_.context_under(translation_of(bind))
-    previous = EncryptionContext(from_context) if from_context is not None else current
+    contexts = RowContexts(table, col, type_.context_under(translation_of(bind)))
+    earlier = EncryptionContext(from_context) if from_context is not None else None
     load, store = type_.envelope_loader(), type_.envelope_storer()
 
-    def transform(row: tuple[Any, ...]) -> Any:
+    def transform(row: tuple[Any, ...], current: EncryptionContext) -> Any:
         (stored,) = row
         if stored is None:
             return SKIP
+        previous = contexts.moved(current, earlier) if earlier is not None else current
         envelope = load(stored)
         try:
             plaintext = source.open(envelope, previous)
@@ -204,13 +207,14 @@ def reencrypt(
         return stored if dry_run else store(target.seal(plaintext, current))
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
+    read = [col, *contexts.columns]
     return walk_column(
         bind,
         table,
-        [col],
-        [col],
+        read,
+        read,
         col,
-        transform,
+        contexts.adapt(transform, 1),
         report,
         batch_size=batch_size,
         dry_run=dry_run,
@@ -240,19 +244,20 @@ def verify(
     """
     table, col, type_ = encrypted_column(column)
     encryptor = column_encryptor(type_)
-    context = type_.context_under(translation_of(bind))
+    contexts = RowContexts(table, col, type_.context_under(translation_of(bind)))
     load = type_.envelope_loader()
     decode = type_.codec.decode
 
-    def transform(row: tuple[Any, ...]) -> Any:
+    def transform(row: tuple[Any, ...], context: EncryptionContext) -> Any:
         (stored,) = row
         if stored is not None:
             decode(encryptor.open(load(stored), context))
         return SKIP
 
     report = ColumnReport(table.fullname, col.name, dry_run=True, operation="verify")
+    read = [col, *contexts.columns]
     return walk_column(
-        bind, table, [col], [col], col, transform, report,
+        bind, table, read, read, col, contexts.adapt(transform, 1), report,
         batch_size=batch_size, dry_run=True, strict=strict, shard=shard,
         start_after=start_after, workers=worker_count(workers, encryptor.keyring),
         progress=progress,

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 
+import sqla_envelope
 from sqla_envelope import (
     ConfigurationError,
     DecryptionError,
@@ -306,3 +307,45 @@ def test_the_cache_key_and_alembic_repr_hold_the_bound_columns() -> None:
     assert bound._static_cache_key != other._static_cache_key
     assert bound._static_cache_key != EncryptedType(sa.String)._static_cache_key
     assert repr(bound) == "EncryptedType(sa.String(), context_columns=('tenant_id',))"
+
+
+def test_rewrap_verify_and_reencrypt_use_each_rows_context(
+    engine: sa.Engine, models: Models, encryptor: Encryptor
+) -> None:
+    from sqla_envelope import LocalKeyring
+    from sqla_envelope.rotation import reencrypt, rewrap, verify
+
+    seed(engine, models)
+    column = models.Patient.ssn
+    assert verify(engine, column).failed == 0
+    new = LocalKeyring.generate()
+    assert rewrap(engine, column, new) == 2
+    sqla_envelope.configure(Encryptor(new))
+    with Session(engine) as session:
+        assert session.get(models.Patient, 2).ssn == "222-22-2222"  # type: ignore[union-attr]
+    assert reencrypt(engine, column).changed == 2
+    assert verify(engine, column).failed == 0
+    with engine.begin() as conn:  # a copy across tenants is what verify reports
+        conn.execute(sa.text("UPDATE rowctx_patients SET tenant_id = 8 WHERE id = 1"))
+    report = verify(engine, column)
+    assert report.failed == 1 and report.failures[0][0] == (1,)
+    assert "tenant_id='8'" in report.failures[0][1]
+
+
+def test_encrypt_and_decrypt_column_in_place_bind_each_row(
+    engine: sa.Engine, models: Models, encryptor: Encryptor
+) -> None:
+    from sqla_envelope.migrations import decrypt_column, encrypt_column
+
+    with engine.begin() as conn:  # plaintext, as before the column was encrypted
+        for i, tenant in ((1, 7), (2, 8)):
+            conn.execute(
+                sa.text("INSERT INTO rowctx_patients (id, tenant_id, ssn) VALUES (:i, :t, :v)"),
+                {"i": i, "t": tenant, "v": f"plain-{i}".encode()},
+            )
+    assert encrypt_column(engine, models.Patient.ssn).changed == 2
+    envelope = bytes(stored(engine, "rowctx_patients", 2))
+    context = {"table": "rowctx_patients", "column": "ssn", "tenant_id": "8"}
+    assert encryptor.decrypt(envelope, context) == b"plain-2"
+    assert decrypt_column(engine, models.Patient.ssn).changed == 2
+    assert bytes(stored(engine, "rowctx_patients", 1)) == b"plain-1"
