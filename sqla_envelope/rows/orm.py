@@ -27,8 +27,9 @@ from .values import SealedValue
 
 __all__ = ["install"]
 
-# attribute key of the value, attribute keys of the columns it is bound to
-Binding = tuple[str, tuple[str, ...]]
+# attribute key of the value, attribute keys of the columns it is bound to, and
+# whether it is an encrypted value (else a blind index, computed from the value)
+Binding = tuple[str, tuple[str, ...], bool]
 
 _ABSENT = object()
 _mappers: weakref.WeakKeyDictionary[Mapper[Any], list[Binding]] = weakref.WeakKeyDictionary()
@@ -45,7 +46,7 @@ def _bindings(mapper: Mapper[Any]) -> list[Binding]:
             if not names or table is None:
                 continue
             keys = tuple(mapper.get_property_by_column(table.c[name]).key for name in names)
-            found.append((prop.key, keys))
+            found.append((prop.key, keys, hasattr(column.type, "open_row_bound")))
         _mappers[mapper] = found
     return found
 
@@ -56,9 +57,16 @@ def _before_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
         return
     state = inspect(target)
     changed = state.committed_state
-    for key, bound in bindings:
+    for key, bound, encrypted in bindings:
         moved = any(name in changed for name in bound)
         if key not in changed and not moved:
+            continue
+        if not encrypted:
+            # A blind index: its hash is made again from its value, which moves too.
+            if key in changed:
+                for name in bound:
+                    getattr(target, name)
+                    flag_modified(target, name)
             continue
         if moved and key not in changed:
             # Read under the values in the database, written under the new ones.
@@ -96,7 +104,7 @@ def _open(state: Any, keys: Any = None) -> None:
     if not bindings:
         return
     values = state.dict
-    for key, bound in bindings:
+    for key, bound, _ in bindings:
         sealed = values.get(key)
         if type(sealed) is not SealedValue or (keys is not None and key not in keys):
             continue

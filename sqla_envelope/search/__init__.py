@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from .blind_index import BlindIndex as BlindIndex
 from .blind_index import IndexDigest as IndexDigest
+from .lookup import matching as matching
 from .planning import plan_bits as plan_bits
 from .reindex import reindex as reindex
 from .reindex import reindex_column as reindex_column
 from .sync import install as _install_sync
 
-__all__ = ["BlindIndex", "IndexDigest", "plan_bits", "reindex", "reindex_column"]
+__all__ = ["BlindIndex", "IndexDigest", "matching", "plan_bits", "reindex", "reindex_column"]
 
 _install_sync()

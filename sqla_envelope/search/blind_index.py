@@ -18,8 +18,10 @@ from sqlalchemy import Column, LargeBinary
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
+from ..context import EncryptionContext
 from ..encryptor import Encryptor, get_default_encryptor
 from ..errors import ConfigurationError, EnvelopeError, InvalidValueError
+from ..rows.values import RowBound, RowStored
 from .encoding import canonical
 from .hashing import INDEX_KEY_SIZE, blind_hash, derive_index_key
 
@@ -43,6 +45,11 @@ class BlindIndex(TypeDecorator[bytes]):
     decryption (docs/searching.md). The index's key is derived from the
     encryptor's ``index_key`` with ``label`` (by default ``<table>.<index
     column>``), or is ``key`` (32 bytes) itself.
+
+    When the source is bound to other columns of its row (``EncryptedType(...,
+    context_columns=("tenant_id",))``), so is its index: each tenant's values are
+    hashed under a key of that tenant's own, so equal values of two tenants do not
+    match, and a lookup names the tenant (``search.matching``).
 
     ``replaces`` names the index column this one replaces (a new key, ``normalize``
     or ``bits``): while ``reindex`` fills this one, lookups ask both, so no row is
@@ -82,6 +89,19 @@ class BlindIndex(TypeDecorator[bytes]):
         self._column: Column[Any] | None = None
         self._pinned: Any = _UNKNOWN  # the source's own encryptor, once the table is known
         self._keys: weakref.WeakKeyDictionary[Encryptor, bytes] = weakref.WeakKeyDictionary()
+        self._bound_keys: dict[tuple[int, Any], bytes] = {}  # per encryptor and tenant
+
+    @property
+    def context_columns(self) -> tuple[str, ...]:
+        """The columns of its row the index is bound to: those its sources are bound to."""
+        if self._column is None or getattr(self._column, "table", None) is None:
+            return ()
+        names: list[str] = []
+        for source in self.source_columns():
+            for name in getattr(source.type, "context_columns", ()):
+                if name not in names:
+                    names.append(name)
+        return tuple(names)
 
     @property
     def indexes_source(self) -> str | None:
@@ -126,8 +146,14 @@ class BlindIndex(TypeDecorator[bytes]):
             )
         return [table.c[name] for name in self.sources]
 
-    def index_key(self) -> bytes:
-        """The key this index hashes with (derived once per encryptor, then held)."""
+    def index_key(self, bound: tuple[tuple[str, str], ...] = ()) -> bytes:
+        """The key this index hashes with (derived once per encryptor, then held).
+
+        ``bound`` are a row's bound values (rows/values.py) for an index bound to
+        its row: each tenant's key is derived with the tenant's values in its label.
+        """
+        if bound:
+            return self._bound_key(bound)
         if self._key is not None:
             return self._key
         encryptor = self._encryptor()
@@ -135,6 +161,22 @@ class BlindIndex(TypeDecorator[bytes]):
         if derived is None:
             derived = derive_index_key(encryptor.unwrapped_index_key(), self.index_label())
             self._keys[encryptor] = derived
+        return derived
+
+    def _bound_key(self, bound: tuple[tuple[str, str], ...]) -> bytes:
+        root = self._key if self._key is not None else None
+        encryptor = None if root is not None else self._encryptor()
+        cache_key = (id(encryptor), bound)
+        derived = self._bound_keys.get(cache_key)
+        if derived is None:
+            if encryptor is not None:
+                root = encryptor.unwrapped_index_key()
+            # The label names the row's values unambiguously: their canonical encoding.
+            label = f"{self.index_label()}/{EncryptionContext(dict(bound)).canonical.hex()}"
+            derived = derive_index_key(root, label)  # type: ignore[arg-type]
+            if len(self._bound_keys) >= 10_000:
+                self._bound_keys.clear()
+            self._bound_keys[cache_key] = derived
         return derived
 
     def _encryptor(self) -> Encryptor:
@@ -154,18 +196,30 @@ class BlindIndex(TypeDecorator[bytes]):
             return value
         return self.normalize(*value) if len(self.sources) > 1 else self.normalize(value)
 
-    def digest(self, value: Any) -> bytes | None:
-        """The index value of a plaintext (a tuple for a compound index); None for NULL."""
+    def digest(self, value: Any, bound: tuple[tuple[str, str], ...] = ()) -> bytes | None:
+        """The index value of a plaintext (a tuple for a compound index); None for NULL.
+
+        ``bound``: the row's bound values, for an index bound to its row.
+        """
         if isinstance(value, IndexDigest):
             return bytes(value)
         value = self.normalized(value)
         if value is None:
             return None
-        return blind_hash(self.index_key(), canonical(value), self.bits)
+        return blind_hash(self.index_key(bound), canonical(value), self.bits)
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
+        bound: tuple[tuple[str, str], ...] = ()
+        if type(value) is RowBound:
+            value, bound = value.value, value.pairs
+        elif value is not None and not isinstance(value, IndexDigest) and self.context_columns:
+            raise ConfigurationError(
+                f"blind index {self._where()} is per {', '.join(self.context_columns)}: "
+                "look a value up with sqla_envelope.search.matching(column, value, "
+                f"{'=..., '.join(self.context_columns)}=...)"
+            )
         try:
-            return self.digest(value)
+            return self.digest(value, bound)
         except EnvelopeError:
             raise
         except Exception as exc:  # normalize= is the application's code; say nothing of the value
@@ -175,6 +229,8 @@ class BlindIndex(TypeDecorator[bytes]):
         )
 
     def process_result_value(self, value: Any, dialect: Dialect) -> bytes | None:
+        if type(value) is RowStored:
+            value = value.stored
         return bytes(value) if value is not None else None
 
     def _where(self) -> str:

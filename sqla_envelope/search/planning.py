@@ -92,22 +92,28 @@ def measure(bind: Any, index: Any, *, false_positives: float = 1.0) -> IndexPlan
     table, column, index_type = index_column(index)
     sources = index_type.source_columns()
     readers = source_readers(sources, bind)
+    names = index_type.context_columns  # per tenant: a value is distinct within its tenant
+    columns = [*sources, *(table.c[name] for name in names)]
     seen: set[bytes] = set()
     rows = 0
 
     def count(row: tuple[Any, ...]) -> Any:
         nonlocal rows
-        values = [read(stored) for stored, read in zip(row, readers, strict=True)]
+        bound = dict(zip(names, row[len(sources) :], strict=True))
+        values = [
+            read(stored, bound) for stored, read in zip(row[: len(sources)], readers, strict=True)
+        ]
         if all(value is None for value in values):
             return SKIP
         plain = values[0] if len(values) == 1 else tuple(values)
         normalized = index_type.normalized(plain)
         if normalized is not None:
             rows += 1
-            seen.add(hashlib.blake2b(canonical(normalized), digest_size=16).digest())
+            tenant = repr(sorted(bound.items())).encode()
+            seen.add(hashlib.blake2b(tenant + canonical(normalized), digest_size=16).digest())
         return SKIP
 
     report = ColumnReport(table.fullname, column.name, dry_run=True, operation="measure")
-    walk_column(bind, table, sources, sources, column, count, report, dry_run=True, strict=True)
+    walk_column(bind, table, columns, columns, column, count, report, dry_run=True, strict=True)
     bits = plan_bits(rows, false_positives=false_positives)
     return IndexPlan(rows, len(seen), bits, false_positives)

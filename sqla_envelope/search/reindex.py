@@ -10,13 +10,15 @@ which kept its index in step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..errors import ConfigurationError
 from ..rotation import column_encryptor, encrypted_column
+from ..rows.values import bound_pairs
+from ..rows.walking import RowContexts
 from ..schema_binding import translation_of
 from ..walk import SKIP, ColumnReport, Progress, Shard, walk_column
 from .blind_index import BlindIndex, IndexDigest
@@ -35,18 +37,29 @@ def index_column(index: Any) -> tuple[sa.Table, sa.Column[Any], BlindIndex]:
     return target.table, target, target.type
 
 
-def source_readers(sources: Sequence[sa.Column[Any]], bind: Any) -> list[Callable[[Any], Any]]:
-    """For each encrypted source column: stored value -> plaintext (None for NULL)."""
-    translation = translation_of(bind)
-    readers: list[Callable[[Any], Any]] = []
-    for source in sources:
-        _, _, type_ = encrypted_column(source)
-        encryptor, load = column_encryptor(type_), type_.envelope_loader()
-        decode, context = type_.codec.decode, type_.context_under(translation)
+def source_readers(
+    sources: Sequence[sa.Column[Any]], bind: Any
+) -> list[Callable[[Any, Mapping[str, Any]], Any]]:
+    """For each encrypted source column: (stored value, row's bound values) -> plaintext.
 
-        def read(stored: Any, encryptor: Any = encryptor, load: Any = load, decode: Any = decode,
-                 context: Any = context) -> Any:  # fmt: skip
-            return None if stored is None else decode(encryptor.open(load(stored), context))
+    A source bound to other columns of its row opens under that row's context;
+    the second argument maps those columns' keys to the row's values.
+    """
+    translation = translation_of(bind)
+    readers: list[Callable[[Any, Mapping[str, Any]], Any]] = []
+    for source in sources:
+        table, col, type_ = encrypted_column(source)
+        encryptor, load = column_encryptor(type_), type_.envelope_loader()
+        decode = type_.codec.decode
+        contexts = RowContexts(table, col, type_.context_under(translation))
+
+        def read(stored: Any, row: Mapping[str, Any], encryptor: Any = encryptor,
+                 load: Any = load, decode: Any = decode,
+                 contexts: Any = contexts) -> Any:  # fmt: skip
+            if stored is None:
+                return None
+            context = contexts.of(tuple(row[name] for name in contexts.names))
+            return decode(encryptor.open(load(stored), context))
 
         readers.append(read)
     return readers
@@ -70,12 +83,17 @@ def reindex_column(
     table, column, index_type = index_column(index)
     sources = index_type.source_columns()
     readers = source_readers(sources, bind)
+    names = index_type.context_columns  # a per-tenant index: each row under its own key
+    bound_columns = [table.c[name] for name in names]
+    label = f"{table.name}.{column.name}"
 
     def transform(row: tuple[Any, ...]) -> Any:
-        *stored_sources, current = row
-        values = [read(stored) for stored, read in zip(stored_sources, readers, strict=True)]
+        stored_sources, current = row[: len(sources)], row[-1]
+        bound = dict(zip(names, row[len(sources) : -1], strict=True))
+        values = [read(stored, bound) for stored, read in zip(stored_sources, readers, strict=True)]
         plain = values[0] if len(values) == 1 else tuple(values)
-        digest = None if all(value is None for value in values) else index_type.digest(plain)
+        pairs = bound_pairs(label, names, bound.__getitem__) if names else ()
+        digest = None if all(value is None for value in values) else index_type.digest(plain, pairs)
         if current is not None:
             current = bytes(current)
         if digest == current:
@@ -84,8 +102,9 @@ def reindex_column(
         return None if digest is None else IndexDigest(digest)
 
     report = ColumnReport(table.fullname, column.name, dry_run=dry_run, operation="reindex")
+    guard = [*sources, *bound_columns]
     return walk_column(
-        bind, table, [*sources, column], sources, column, transform, report,
+        bind, table, [*guard, column], guard, column, transform, report,
         batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
         start_after=start_after, progress=progress,
     )  # fmt: skip
