@@ -546,3 +546,50 @@ def test_fastapi_example_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert key_file.read_bytes() == key  # reused, not replaced
     with pytest.raises(ConfigurationError):
         sqla_envelope.get_default_encryptor()  # shutdown removed it
+
+
+# -- values bound to their row's tenant (issue 17) ---------------------------------------
+
+tenant_metadata = sa.MetaData()
+TENANT_NOTES = sa.Table(
+    "aio_tenant_notes",
+    tenant_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("tenant_id", sa.Integer, nullable=False),
+    sa.Column("body", EncryptedType(sa.Text, context_columns=("tenant_id",))),
+)
+
+
+class TestRowBoundUnderAsyncio:
+    def test_written_read_and_moved_between_tenants(
+        self, url: sa.URL, encryptor: Encryptor
+    ) -> None:
+        async def scenario() -> None:
+            async with _database(url, tenant_metadata) as engine:
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        TENANT_NOTES.insert(),
+                        [{"id": i, "tenant_id": 10 + i % 2, "body": f"note {i}"} for i in range(6)],
+                    )
+                async with engine.connect() as conn:
+                    rows = (await conn.execute(sa.select(TENANT_NOTES).order_by("id"))).all()
+                    assert [r.body for r in rows] == [f"note {i}" for i in range(6)]
+                    stored = (
+                        await conn.execute(
+                            sa.text("SELECT body FROM aio_tenant_notes WHERE id = 1")
+                        )
+                    ).scalar()
+                context = {"table": "aio_tenant_notes", "column": "body", "tenant_id": "11"}
+                assert encryptor.decrypt(bytes(stored), context) == b"note 1"
+                async with engine.begin() as conn:  # moved by raw SQL: unreadable, and says why
+                    await conn.execute(
+                        sa.text("UPDATE aio_tenant_notes SET tenant_id = 10 WHERE id = 1")
+                    )
+                async with engine.connect() as conn:
+                    result = await conn.execute(
+                        sa.select(TENANT_NOTES).where(TENANT_NOTES.c.id == 1)
+                    )
+                    with pytest.raises(DecryptionError, match="tenant_id='10'"):
+                        result.all()
+
+        asyncio.run(scenario())
