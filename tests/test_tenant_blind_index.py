@@ -90,3 +90,30 @@ def test_the_index_follows_a_tenant_change_and_reindex_restores_it(
     assert reindex(engine, patient.ssn_bidx) == 3
     assert ids(engine, patient, matching(patient.ssn, "123-45-6789", tenant_id=8)) == [2]
     assert ids(engine, patient, matching(patient.ssn, "999-99-9999", tenant_id=8)) == [3]
+
+
+def test_a_stored_hash_follows_the_documented_recipe(engine: sa.Engine, patient: type[Any]) -> None:
+    """docs/format.md section 2: the tenant's key, by HKDF from cryptography, not ours."""
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from sqla_envelope import EncryptionContext, get_default_encryptor
+    from sqla_envelope.search.encoding import canonical
+
+    pairs = EncryptionContext({"tenant_id": "8"}).canonical.hex()
+    label = f"tenant_bidx_patients.ssn_bidx/{pairs}".encode()
+    key = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"sqla-envelope blind index v1\0" + label,
+    ).derive(get_default_encryptor().unwrapped_index_key())
+    expected = hmac.new(key, canonical("123-45-6789"), hashlib.sha256).digest()
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.text("SELECT ssn_bidx FROM tenant_bidx_patients WHERE id = 2")
+        ).scalar()
+    assert bytes(stored) == expected
