@@ -349,3 +349,39 @@ def test_encrypt_and_decrypt_column_in_place_bind_each_row(
     assert encryptor.decrypt(envelope, context) == b"plain-2"
     assert decrypt_column(engine, models.Patient.ssn).changed == 2
     assert bytes(stored(engine, "rowctx_patients", 1)) == b"plain-1"
+
+
+def test_relationships_eager_loads_and_self_joins_read_each_rows_tenant(
+    engine: sa.Engine, base: type[DeclarativeBase], encryptor: Encryptor
+) -> None:
+    from sqlalchemy.orm import aliased, joinedload, relationship, selectinload
+
+    class Org(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "rowctx_orgs"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        people: Mapped[list[Person]] = relationship(back_populates="org")
+
+    class Person(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "rowctx_people"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        tenant_id: Mapped[int] = mapped_column(sa.ForeignKey("rowctx_orgs.id"))
+        org: Mapped[Org] = relationship(back_populates="people")
+        ssn: Mapped[str] = mapped_column(
+            EncryptedType(sa.String(20), context_columns=("tenant_id",))
+        )
+
+    base.metadata.create_all(engine)
+    with Session(engine) as session:  # the tenant set through the relationship
+        first, second = Org(id=1), Org(id=2)
+        session.add_all([Person(id=1, org=first, ssn="a-1"), Person(id=2, org=second, ssn="b-2")])
+        session.commit()
+    for option in (joinedload(Org.people), selectinload(Org.people)):
+        with Session(engine) as session:
+            orgs = session.scalars(sa.select(Org).options(option).order_by(Org.id)).unique()
+            assert [[p.ssn for p in org.people] for org in orgs] == [["a-1"], ["b-2"]]
+    with Session(engine) as session:
+        other = aliased(Person)
+        pairs = session.execute(
+            sa.select(Person, other).join(other, other.id != Person.id).order_by(Person.id)
+        ).all()
+        assert [(x.ssn, y.ssn) for x, y in pairs] == [("a-1", "b-2"), ("b-2", "a-1")]
