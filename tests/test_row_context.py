@@ -313,7 +313,7 @@ def test_rewrap_verify_and_reencrypt_use_each_rows_context(
     engine: sa.Engine, models: Models, encryptor: Encryptor
 ) -> None:
     from sqla_envelope import LocalKeyring
-    from sqla_envelope.rotation import reencrypt, rewrap, verify
+    from sqla_envelope.maintenance import reencrypt, rewrap, verify
 
     seed(engine, models)
     column = models.Patient.ssn
