@@ -385,3 +385,28 @@ def test_relationships_eager_loads_and_self_joins_read_each_rows_tenant(
             sa.select(Person, other).join(other, other.id != Person.id).order_by(Person.id)
         ).all()
         assert [(x.ssn, y.ssn) for x, y in pairs] == [("a-1", "b-2"), ("b-2", "a-1")]
+
+
+def test_a_core_update_that_moves_a_row_must_set_its_bound_values_again(
+    engine: sa.Engine, models: Models
+) -> None:
+    """Values left bound to the old tenant would never decrypt: the UPDATE is refused."""
+    seed(engine, models)
+    table = models.Patient.__table__
+    before = stored(engine, "rowctx_patients", 1)
+    with engine.begin() as conn, pytest.raises(ConfigurationError, match="unreadable"):
+        conn.execute(table.update().where(table.c.id == 1).values(tenant_id=9))
+    with engine.begin() as conn, pytest.raises(ConfigurationError, match="unreadable"):
+        conn.execute(
+            table.update().where(table.c.id == sa.bindparam("i")), [{"i": 1, "tenant_id": 9}]
+        )
+    assert stored(engine, "rowctx_patients", 1) == before
+    with engine.begin() as conn:  # set again with the move: fine, NULL included
+        conn.execute(table.update().where(table.c.id == 1).values(tenant_id=9, ssn="111-11-1111"))
+        conn.execute(table.update().where(table.c.id == 2).values(tenant_id=9, ssn=None))
+    with Session(engine) as session:
+        assert session.get(models.Patient, 1).ssn == "111-11-1111"  # type: ignore[union-attr]
+        nobody = session.get(models.Patient, 2)
+        assert nobody is not None and nobody.ssn is None
+        nobody.tenant_id = 10  # the ORM moves a row with a NULL value too
+        session.commit()
