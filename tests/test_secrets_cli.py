@@ -46,12 +46,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.credstash_compat
 def test_setup_is_idempotent(cli: Path, capsys: pytest.CaptureFixture[str]) -> None:  # 42
     assert run(capsys, "setup") == (0, f"table {TABLE} already exists\n", "")
 
 
 @pytest.mark.credstash_compat
-def test_put_get_versions_and_a_taken_version(  # 8-11, 13
+def test_put_get_versions_and_a_taken_version(  # 8-13
     cli: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(capsys, "put", "app.db.pass", "hunter2") == (0, "app.db.pass has been stored\n", "")
@@ -65,6 +66,9 @@ def test_put_get_versions_and_a_taken_version(  # 8-11, 13
     assert run(capsys, "get", "app.db.pass")[1] == "hunter3\n"
     code, _, err = run(capsys, "get", "-v", "abc", "app.db.pass")
     assert code == 2 and "version number" in err
+    run(capsys, "put", "numeric", "nine", "-v", "9")
+    run(capsys, "put", "numeric", "ten", "-v", "10")
+    assert run(capsys, "get", "numeric")[1] == "ten\n"  # 10 > 9 (credstash compared strings)
 
 
 @pytest.mark.credstash_compat
