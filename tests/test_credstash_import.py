@@ -190,12 +190,19 @@ def test_credstash_items_are_kept_as_they_are_and_read_as_credstash_reads_them( 
         partial = store.get_all(skip_undecryptable=True)
         assert partial.skipped == ["app.api"] and partial["app.db.pass"] == "hunter10"
 
+        # docs/secrets.md: plain SQL finds what is left to convert.
+        left = sa.text("SELECT name, version FROM verbatim_secrets WHERE value_type = 'cs/1'")
+        with engine.connect() as conn:
+            assert len(conn.execute(left).all()) == len(items)
+
         # Converted: a value under the store's key, bound to its name, read without credstash's.
         converted = store.reencrypt(skip_undecryptable=True)
         assert converted.converted == len(items) - 1 and converted.skipped == [("app.api", 1)]
         assert store.reencrypt(context={"env": "prod"}).converted == 1
         assert store.reencrypt().converted == 0  # a rerun has nothing left to do
         assert {info.format for info in store.list()} == {"native"}
+        with engine.connect() as conn:
+            assert conn.execute(left).all() == []
         reader = Encryptor(KmsKeyring(new_key.arn, endpoint_url=kms_endpoint, region_name=REGION))
         converted_store = SecretStore(engine, reader, table="verbatim_secrets")
         assert converted_store.get("app.db.pass", version=2) == "hunter3"
