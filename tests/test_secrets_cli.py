@@ -91,7 +91,8 @@ def test_context_is_needed_again_and_never_leaks(  # 15
         assert run(capsys, "get", "app.api", bad)[0] == 2
 
 
-def test_value_sources(  # 18, 29, 30
+@pytest.mark.credstash_compat
+def test_value_sources(  # 18, 30
     cli: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"from stdin\n\n")))
@@ -106,6 +107,9 @@ def test_value_sources(  # 18, 29, 30
     assert run(capsys, "get", "-n", "typed")[1] == "@typed"
     run(capsys, "put", "empty")
     assert run(capsys, "get", "-n", "empty")[1] == ""
+
+
+def test_binary_values_round_trip(cli: Path, capsys: pytest.CaptureFixture[str]) -> None:  # 29
     blob = bytes(range(256))
     (cli / "blob.bin").write_bytes(blob)
     run(capsys, "put", "binary", "@blob.bin")
@@ -137,15 +141,19 @@ def test_list_keys_delete(cli: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert run(capsys, "delete", "b.long.name")[0] == 1
 
 
-def test_output_formats_read_back_exactly(  # 20, 21
+TRICKY = {
+    "app.quote": "it's",
+    "app.newline": "a\nb",
+    "app.dollar": "$HOME $(id)",
+    "app.sp": "a b",
+}
+
+
+@pytest.mark.credstash_compat
+def test_output_formats_read_back_exactly(  # 20
     cli: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tricky = {
-        "app.quote": "it's",
-        "app.newline": "a\nb",
-        "app.dollar": "$HOME $(id)",
-        "app.sp": "a b",
-    }
+    tricky = TRICKY
     for name, value in tricky.items():
         run(capsys, "put", name, value)
     out = run(capsys, "getall", "-f", "json")[1]
@@ -155,6 +163,14 @@ def test_output_formats_read_back_exactly(  # 20, 21
     assert dict(rows) == tricky  # type: ignore[arg-type]
     yaml = pytest.importorskip("yaml")
     assert yaml.safe_load(run(capsys, "getall", "-f", "yaml")[1]) == tricky
+
+
+def test_dotenv_and_env_give_a_shell_the_exact_values(  # 21 (diverge: credstash's break)
+    cli: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tricky = TRICKY
+    for name, value in tricky.items():
+        run(capsys, "put", name, value)
     for fmt in ("dotenv", "env"):
         (cli / "secrets.sh").write_text(run(capsys, "getall", "-f", fmt)[1])
         shown = subprocess.run(
