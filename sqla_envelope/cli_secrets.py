@@ -317,7 +317,7 @@ def add_secrets_commands(
             "-t",
             "--table",
             metavar="NAME",
-            help=f"the table (default credential_store) [{ENV_TABLE}]",
+            help=f"the table (default credential_store) [{ENV_TABLE}, CREDSTASH_DEFAULT_TABLE]",
         )
         key_options(parser, kms_flags=("-k", "--kms-key-id"), region_flags=("--kms-region",))
         aws_options(parser)

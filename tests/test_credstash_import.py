@@ -190,6 +190,17 @@ def test_credstash_items_are_kept_as_they_are_and_read_as_credstash_reads_them( 
         partial = store.get_all(skip_undecryptable=True)
         assert partial.skipped == ["app.api"] and partial["app.db.pass"] == "hunter10"
 
+        # credstash's own calls, one import changed, read them too.
+        from sqla_envelope import configure
+        from sqla_envelope import credstash as drop_in
+
+        configure(store.encryptor)
+        kw = {"table": "verbatim_secrets", "bind": engine}
+        assert drop_in.getSecret("app.db.pass", version="2", **kw) == "hunter3"
+        with pytest.raises(drop_in.KmsError):
+            drop_in.getSecret("app.api", **kw)
+        configure(None)
+
         # docs/secrets.md: plain SQL finds what is left to convert.
         left = sa.text("SELECT name, version FROM verbatim_secrets WHERE value_type = 'cs/1'")
         with engine.connect() as conn:
