@@ -100,16 +100,25 @@ class SqlBranchKeyStore:
     def __repr__(self) -> str:
         return f"SqlBranchKeyStore({self.engine.url!r}, table={self.table.name!r})"
 
+    def _failure(self, action: str, exc: sa.exc.SQLAlchemyError) -> KeyringError:
+        message = (
+            f"branch key table {self.table.name!r}: cannot {action}: "
+            f"{type(getattr(exc, 'orig', None) or exc).__name__}"
+        )
+        if self.engine.dialect.name == "sqlite" and "locked" in str(getattr(exc, "orig", "")):
+            message += (
+                " (SQLite has one writer at a time, and a transaction writing rows holds it: "
+                "keep the branch keys in a database file of their own, or create a tenant's "
+                "key with TenantKeyring.create before writing its first rows)"
+            )
+        return KeyringError(message)
+
     def _run(self, action: str, work: Callable[[Connection], _T]) -> _T:
         try:
             with self.engine.begin() as conn:
                 return work(conn)
         except sa.exc.SQLAlchemyError as exc:
-            error = KeyringError(
-                f"branch key table {self.table.name!r}: cannot {action}: "
-                f"{type(getattr(exc, 'orig', None) or exc).__name__}"
-            )
-            raise error.chain(exc) from exc
+            raise self._failure(action, exc).chain(exc) from exc
 
     def _record(self, row: Any) -> BranchKeyRecord:
         wrapped = decode_copies(row.wrapped) if row.wrapped is not None else None
@@ -142,10 +151,7 @@ class SqlBranchKeyStore:
         except sa.exc.IntegrityError:
             return False  # that version exists: another writer got there first
         except sa.exc.SQLAlchemyError as exc:
-            error = KeyringError(
-                f"branch key table {self.table.name!r}: cannot insert: {type(exc).__name__}"
-            )
-            raise error.chain(exc) from exc
+            raise self._failure("insert", exc).chain(exc) from exc
         return True
 
     def destroy(self, tenant: str) -> tuple[int, ...]:
