@@ -25,7 +25,7 @@ from .refs import BranchRef, parse_branch_ref
 from .routing import TenantRoutes
 from .store import DEFAULT_TABLE, BranchKeyRecord, BranchKeyStore, Exposure
 
-__all__ = ["ShredReport", "TenantKeyring"]
+__all__ = ["ShredReport", "TenantKeyring", "shred"]
 
 _RESERVED = ("purpose", "branch_key_version")
 _ROTATE_RETRIES = 20
@@ -352,19 +352,11 @@ class TenantKeyring:
         (the application's MetaData), the report counts the tenant's rows in each
         table with columns bound to the tenant (``context_columns``).
         """
-        exposure: tuple[Exposure, ...] = ()
-        if metadata is not None:
-            count = getattr(self.store, "exposure", None)
-            if count is None:
-                raise ConfigurationError("this branch key store cannot count rows: no metadata=")
-            exposure = tuple(count(metadata, self.field, tenant))
-        if dry_run:
-            live = tuple(r.version for r in self.store.records(tenant) if not r.destroyed)
-            return ShredReport(tenant, live, exposure, True)
-        destroyed = self.store.destroy(tenant)
-        self._active.discard([tenant])
-        self._keys.discard([BranchRef(tenant, version) for version in destroyed])
-        return ShredReport(tenant, destroyed, exposure, False)
+        report = shred(self.store, tenant, field=self.field, dry_run=dry_run, metadata=metadata)
+        if not dry_run:
+            self._active.discard([tenant])
+            self._keys.discard([BranchRef(tenant, version) for version in report.versions])
+        return report
 
     def rewrap_tenant_keys(self, to: Keyring) -> int:
         """Move every live branch key under the master keyring ``to``; the number moved.
@@ -391,6 +383,30 @@ class TenantKeyring:
             if self.store.replace(record.tenant, record.version, record.wrapped, tuple(new)):
                 moved += 1
         return moved
+
+
+def shred(
+    store: BranchKeyStore,
+    tenant: str,
+    *,
+    field: str = "tenant_id",
+    dry_run: bool = False,
+    metadata: Any = None,
+) -> ShredReport:
+    """``TenantKeyring.shred`` on a store alone: what the command line runs, needing no keys.
+
+    Forgets nothing cached in this process's keyrings (``TenantKeyring.shred`` does).
+    """
+    exposure: tuple[Exposure, ...] = ()
+    if metadata is not None:
+        count = getattr(store, "exposure", None)
+        if count is None:
+            raise ConfigurationError("this branch key store cannot count rows: no metadata=")
+        exposure = tuple(count(metadata, field, tenant))
+    if dry_run:
+        live = tuple(r.version for r in store.records(tenant) if not r.destroyed)
+        return ShredReport(tenant, live, exposure, True)
+    return ShredReport(tenant, store.destroy(tenant), exposure, False)
 
 
 def _sql_store(bind: Any, table: str) -> BranchKeyStore:

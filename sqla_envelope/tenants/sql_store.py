@@ -41,18 +41,21 @@ _TENANT_TYPE = sa.String(TENANT_LENGTH).with_variant(
 )
 
 
-def branch_key_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
-    """The branch key table, added to ``metadata`` (for Alembic autogenerate, or create_all)."""
-    return sa.Table(
-        name,
-        metadata,
+def branch_key_columns() -> list[sa.Column[Any]]:
+    """The branch key table's columns, new objects each call (for Alembic's create_table)."""
+    return [
         sa.Column("tenant", _TENANT_TYPE, primary_key=True),
         sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("wrapped", sa.Text, nullable=True),
         sa.Column("master_key", sa.String(255), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("destroyed_at", sa.DateTime(timezone=True), nullable=True),
-    )
+    ]
+
+
+def branch_key_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
+    """The branch key table, added to ``metadata`` (for Alembic autogenerate, or create_all)."""
+    return sa.Table(name, metadata, *branch_key_columns())
 
 
 def create_branch_key_table(bind: Engine | Connection, *, table: str = DEFAULT_TABLE) -> bool:
