@@ -9,14 +9,13 @@ line on stderr: exit code 2 for a usage error, 1 for the library or the database
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from typing import Any
 
 import sqlalchemy as sa
 
-from .cli_index import handled, key_options, keyring_of
+from .cli_index import handled, import_attribute, key_options, keyring_of
 from .cli_job import PROG, UsageError, _engine
 from .tenants import DEFAULT_TABLE, SqlBranchKeyStore, TenantKeyring, create_branch_key_table
 from .tenants.keyring import shred
@@ -36,19 +35,7 @@ def _store(args: argparse.Namespace) -> SqlBranchKeyStore:
 
 def _metadata(spec: str) -> sa.MetaData:
     """``package.module:attribute`` -> a MetaData, or the ``metadata`` of a declarative base."""
-    module_name, _, path = spec.partition(":")
-    if not module_name or not path:
-        raise UsageError("--metadata takes package.module:attribute (a MetaData or a Base)")
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # the application's package, from where the command runs
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"--metadata: cannot import {module_name!r}: {exc}") from None
-    for name in path.split("."):
-        if not hasattr(target, name):
-            raise UsageError(f"--metadata: {module_name}:{path} has no {name!r}")
-        target = getattr(target, name)
+    target = import_attribute(spec, "--metadata")
     found = target if isinstance(target, sa.MetaData) else getattr(target, "metadata", None)
     if not isinstance(found, sa.MetaData):
         raise UsageError(f"--metadata: {spec} is neither a MetaData nor has one")
