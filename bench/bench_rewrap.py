@@ -104,8 +104,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import machine
 
 from sqla_envelope import EncryptedType, EncryptionContext, Encryptor, LocalKeyring
-from sqla_envelope.rotation import rewrap_column
-from sqla_envelope.walk import ColumnReport
+from sqla_envelope.maintenance import ColumnReport, rewrap_column
 
 VALUE_LENGTH = 40
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

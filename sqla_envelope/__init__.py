@@ -23,7 +23,7 @@ from .keyrings import DataKey as DataKey
 from .keyrings import Keyring as Keyring
 from .keyrings import KmsKeyring as KmsKeyring
 from .keyrings import LocalKeyring as LocalKeyring
-from .rotation import rewrap as rewrap
+from .maintenance.rotation import rewrap as rewrap
 from .rows import SealedValue as SealedValue
 from .search import BlindIndex as BlindIndex
 from .search import plan_bits as plan_bits

@@ -27,7 +27,7 @@ from sqlalchemy.sql import Insert, Update
 from .encryptor import Encryptor, get_default_encryptor
 from .errors import ConfigurationError, EnvelopeError, MalformedEnvelopeError
 from .rows.reads import bound_result_columns, wrap_rows
-from .rows.values import RowStored, bound_context, bound_pairs
+from .rows.values import RowStored, bound_pairs
 from .schema_binding import note_execution
 from .types import EncryptedType
 
@@ -79,15 +79,13 @@ def _before_execute(
                 encryptor.reserve(type_.context_under(translation), count)
                 continue
             # Keys are made ahead per context, and each row's is its own.
-            base = type_.context_under(translation)
-            contexts: dict[bytes, list[Any]] = {}
+            counts: dict[Any, int] = {}
             for row in multiparams:
                 if row.get(key) is not None:
                     pairs = bound_pairs(key, type_.context_columns, row.__getitem__)
-                    ctx = bound_context(key, base, pairs)
-                    contexts.setdefault(ctx.canonical, [ctx, 0])[1] += 1
-            for ctx, rows in contexts.values():
-                encryptor.reserve(ctx, rows)
+                    counts[pairs] = counts.get(pairs, 0) + 1
+            for pairs, rows in counts.items():
+                encryptor.reserve(type_.row_context(pairs), rows)
 
 
 def _encrypted_result_columns(compiled: Any) -> list[tuple[int, EncryptedType]]:
@@ -154,18 +152,16 @@ def _after_cursor_execute(
         for index, type_, encryptor in plan:
             if type_.context_columns:
                 with contextlib.suppress(ConfigurationError):
-                    _unwrap_row_bound(encryptor, type_, translation, rows, index)
+                    _unwrap_row_bound(encryptor, type_, rows, index)
     context.cursor_fetch_strategy = FullyBufferedCursorFetchStrategy(
         cursor, cursor.description, rows
     )
 
 
 def _unwrap_row_bound(
-    encryptor: Encryptor, type_: EncryptedType, translation: Any, rows: list[Any], index: int
+    encryptor: Encryptor, type_: EncryptedType, rows: list[Any], index: int
 ) -> None:
     """Unwrap the keys of a row-bound column's values, each under its row's context."""
-    base = type_.context_under(translation)
-    label = f"{base.get('table', '')}.{base.get('column', '')}"
     load = type_.envelope_loader()
     items = []
     for row in rows:
@@ -173,7 +169,7 @@ def _unwrap_row_bound(
         if type(value) is not RowStored or value.stored is None:
             continue
         try:
-            items.append((load(value.stored), bound_context(label, base, value.pairs)))
+            items.append((load(value.stored), type_.row_context(value.pairs)))
         except MalformedEnvelopeError:
             continue  # for the row's own decrypt to report
     encryptor.unwrap_each(items)

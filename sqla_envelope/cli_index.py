@@ -23,9 +23,9 @@ from .errors import ConfigurationError
 from .keyrings.base import Keyring
 from .keyrings.kms import KmsKeyring
 from .keyrings.local import LocalKeyring
+from .maintenance.walk import ColumnReport, Shard
 from .search.planning import measure
 from .search.reindex import index_column, reindex_column
-from .walk import ColumnReport, Shard
 
 __all__ = [
     "ENV_INDEX_KEY",

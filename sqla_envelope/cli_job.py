@@ -40,9 +40,9 @@ from .errors import ConfigurationError, DecryptionError, EnvelopeError, KeyringE
 from .keyrings.base import DataKey, Keyring
 from .keyrings.kms import KmsKeyring
 from .keyrings.local import LocalKeyring
+from .maintenance.walk import ColumnReport, Shard, count_rows
 from .progress import RunDisplay, format_key
 from .types import EncryptedType
-from .walk import ColumnReport, Shard, count_rows
 
 __all__ = [
     "LOGICAL",

@@ -22,8 +22,8 @@ from .cli_job import LOGICAL, PROG, EitherKeyring, Job, UsageError, describe, fa
 from .codecs import codec_for
 from .errors import EnvelopeError
 from .keyrings.base import Keyring
-from .migrations import IN_PLACE_TYPES, decrypt_column, encrypt_column
-from .rotation import reencrypt, rewrap_column, verify
+from .maintenance.columns import IN_PLACE_TYPES, decrypt_column, encrypt_column
+from .maintenance.rotation import reencrypt, rewrap_column, verify
 
 __all__ = [
     "ENV_ENDPOINT_URL",

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, TextIO
 
-from .walk import ColumnReport, row_name
+from .maintenance.walk import ColumnReport, row_name
 
 __all__ = ["RunDisplay", "format_key"]
 

@@ -131,6 +131,7 @@ class EncryptedType(TypeDecorator[Any]):
         self._column: Column[Any] | None = None
         self._bound_context: EncryptionContext | None = None  # derived from _column, once
         self._translated: dict[Any, EncryptionContext] = {}  # by translated schema
+        self._row_contexts: dict[Any, EncryptionContext] = {}  # by a row's bound values
 
     # -- where the value lives: its default context ---------------------------------
 
@@ -142,12 +143,14 @@ class EncryptedType(TypeDecorator[Any]):
         refuse_unique_or_index(parent, parent.name or "encrypted column")
         if self._column is None or self._column is parent:
             self._column, self._bound_context, self._translated = parent, None, {}
+            self._row_contexts = {}
             return
         # The same instance was handed to a second column (a type_annotation_map
         # entry, a copied mixin column): give that column a copy of its own, or the
         # two columns would share one context and values could move between them.
         own = self.copy()
         own._column, own._bound_context, own._translated = parent, None, {}
+        own._row_contexts = {}
         parent.type = own
 
     def encryption_context(self) -> EncryptionContext:
@@ -321,7 +324,7 @@ class EncryptedType(TypeDecorator[Any]):
             inner = convert(value.value)
             if inner is None:
                 return None
-            context = bound_context(label, self.execution_context(), value.pairs)
+            context = self.row_context(value.pairs)
             encryptor = self.encryptor if self.encryptor is not None else get_default_encryptor()
             try:
                 envelope = encryptor.seal(encode(inner), context)
@@ -374,15 +377,16 @@ class EncryptedType(TypeDecorator[Any]):
         """
         after = self._decorators.after(_same, self._label())
         names = self.context_columns
+        opener = self._row_bound_opener()
 
         def process(value: Any) -> Any:
             if type(value) is RowStored:
                 if value.stored is None:
                     return after(None)
-                return self.open_row_bound(value.stored, value.pairs)
+                return opener(value.stored, value.pairs)
             if value is None:
                 return after(None)
-            return SealedValue(value, names, self.open_row_bound)
+            return SealedValue(value, names, opener)
 
         return process
 
@@ -394,22 +398,49 @@ class EncryptedType(TypeDecorator[Any]):
         written for another row, or its row's bound values changed without it
         being encrypted again, or it was altered.
         """
+        return self._row_bound_opener()(stored, pairs)
+
+    def _row_bound_opener(self) -> Callable[[Any, tuple[tuple[str, str], ...]], Any]:
+        """``open_row_bound`` with what does not change from value to value looked up once."""
         label = self._label()
-        context = bound_context(label, self.execution_context(), pairs)
-        encryptor = self.encryptor if self.encryptor is not None else get_default_encryptor()
-        try:
-            envelope = self.envelope_loader()(stored)
-            return self.codec.decode(encryptor.open(envelope, context))
-        except DecryptionError as exc:
-            failure = exc
-        if type(failure) is DecryptionError:
-            shown = ", ".join(f"{name}={text!r}" for name, text in pairs)
-            raise DecryptionError(
-                f"{label}: does not decrypt under its row's {shown}: it was written for "
-                "another row (copied, or the row's bound columns changed without it being "
-                "encrypted again), or it was altered"
-            )
-        return self._decorators.after(_same, label)(self._unreadable(stored, failure))
+        load = self.envelope_loader()
+        decode = self.codec.decode
+        fixed = self.encryptor
+        row_context = self.row_context
+
+        def open_bound(stored: Any, pairs: tuple[tuple[str, str], ...]) -> Any:
+            encryptor = fixed if fixed is not None else get_default_encryptor()
+            try:
+                return decode(encryptor.open(load(stored), row_context(pairs)))
+            except DecryptionError as exc:
+                failure = exc
+            if type(failure) is DecryptionError:
+                shown = ", ".join(f"{name}={text!r}" for name, text in pairs)
+                raise DecryptionError(
+                    f"{label}: does not decrypt under its row's {shown}: it was written for "
+                    "another row (copied, or the row's bound columns changed without it "
+                    "being encrypted again), or it was altered"
+                )
+            return self._decorators.after(_same, label)(self._unreadable(stored, failure))
+
+        return open_bound
+
+    def row_context(self, pairs: tuple[tuple[str, str], ...]) -> EncryptionContext:
+        """The context of a value whose row's bound columns hold ``pairs``.
+
+        Kept per tenant (a few thousand at most): building a context sorts and
+        encodes it, and a result meets each tenant many times.
+        """
+        translated = TRANSLATING[0]
+        key: Any = (self.execution_context(), pairs) if translated else pairs
+        found = self._row_contexts.get(key)
+        if found is None:
+            base = self.execution_context() if translated else self.encryption_context()
+            found = bound_context(self._label(), base, pairs)
+            if len(self._row_contexts) >= _ROW_CONTEXTS_KEPT:
+                self._row_contexts.clear()
+            self._row_contexts[key] = found
+        return found
 
     def _unwritable(self, failure: Exception) -> InvalidValueError:
         """The error for a value that cannot be encrypted, holding nothing of the value.
@@ -547,6 +578,9 @@ class EncryptedType(TypeDecorator[Any]):
         if self.context_columns:
             args.append(f"context_columns={self.context_columns!r}")
         return f"EncryptedType({', '.join(args)})"
+
+
+_ROW_CONTEXTS_KEPT = 4096
 
 
 def _same(value: Any) -> Any:

@@ -33,12 +33,15 @@ def listen_on_writes(
     columns_of: Callable[[Any], Sequence[Any]],
     statement: Callable[[Any, Any, Sequence[Any]], Any],
     params: Callable[[Mapping[str, Any], Sequence[Any]], Mapping[str, Any]],
+    updates: Callable[[Any, Sequence[Any], set[str]], None] | None = None,
 ) -> Listener:
     """Listen on every Engine (idempotent per ``columns_of``) and return the listener.
 
     ``columns_of(table)`` finds what the hook cares about (nothing: the statement
     runs as it is); ``statement(stmt, table, columns)`` rewrites its embedded
-    values; ``params(each, columns)`` each parameter set.
+    values; ``params(each, columns)`` each parameter set; ``updates(table,
+    columns, keys)``, if given, sees the column keys each UPDATE sets (its
+    ``.values()`` and each parameter set's), before anything is rewritten.
     """
 
     def before_execute(
@@ -50,6 +53,11 @@ def listen_on_writes(
         columns = columns_of(table)
         if not columns:
             return clauseelement, multiparams, given
+        if updates is not None and isinstance(clauseelement, Update):
+            embedded = set(embedded_values(clauseelement))
+            sets = [each for each in (multiparams or [given]) if isinstance(each, Mapping)]
+            for each in sets or [{}]:
+                updates(table, columns, embedded | set(each))
         clauseelement = statement(clauseelement, table, columns)
         if multiparams:
             multiparams = [

@@ -30,8 +30,8 @@ from sqla_envelope import (
     unpack_envelope,
 )
 from sqla_envelope.cli import main
+from sqla_envelope.maintenance import ColumnReport
 from sqla_envelope.progress import RunDisplay, format_key
-from sqla_envelope.walk import ColumnReport
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 23  # not a multiple of the batch sizes used

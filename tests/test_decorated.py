@@ -31,8 +31,8 @@ from sqla_envelope import (
     InvalidValueError,
     UnsupportedComparisonError,
 )
+from sqla_envelope.maintenance import verify
 from sqla_envelope.migrations import encrypt_column
-from sqla_envelope.rotation import verify
 
 PHONE = PhoneNumber("(555) 555-5555", "US")
 SECRET = "a secret of more than sixteen characters"

@@ -28,7 +28,7 @@ from sqla_envelope import (
     unpack_envelope,
 )
 from sqla_envelope.envelope import COMMITMENT_SIZE, pack
-from sqla_envelope.rotation import reencrypt, rewrap, verify
+from sqla_envelope.maintenance import reencrypt, rewrap, verify
 
 VECTORS = json.loads(
     (Path(__file__).parent / "vectors" / "envelope_v1.json").read_text(encoding="utf-8")

@@ -28,7 +28,7 @@ import sqla_envelope
 from sqla_envelope import EncryptedType, Encryptor, KeyringError, KmsKeyring, rewrap
 from sqla_envelope.context import EncryptionContext
 from sqla_envelope.keyrings._kms_errors import backoff
-from sqla_envelope.rotation import rewrap_column
+from sqla_envelope.maintenance import rewrap_column
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 CONTEXT = {"table": "accounts", "column": "token"}

@@ -31,7 +31,7 @@ from sqla_envelope import (
     rewrap,
     unpack_envelope,
 )
-from sqla_envelope.rotation import rewrap_column
+from sqla_envelope.maintenance import rewrap_column
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 
@@ -153,7 +153,7 @@ def test_reencrypt_after_a_rename_makes_one_decrypt_per_row_and_none_that_fails(
     recorder: Recorder,
     tmp_path: Any,
 ) -> None:
-    from sqla_envelope.rotation import reencrypt
+    from sqla_envelope.maintenance import reencrypt
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'renamed.db'}")
     sqla_envelope.configure(Encryptor(new_keyring(key.arn)))
@@ -188,7 +188,7 @@ def test_a_kms_outage_stops_verify_and_reencrypt_instead_of_failing_rows(
     recorder: Recorder,
     table: tuple[sa.Engine, sa.Table],
 ) -> None:
-    from sqla_envelope.rotation import reencrypt, verify
+    from sqla_envelope.maintenance import reencrypt, verify
 
     engine, accounts = table
     _fill(engine, accounts, new_keyring(key.arn), 4)

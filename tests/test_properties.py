@@ -256,7 +256,7 @@ def test_a_stored_signaling_nan_raises_decryption_error_and_verify_goes_on(
     # and verify must report the row and examine the others.
     import sqla_envelope
     from sqla_envelope import DecryptionError, InvalidValueError
-    from sqla_envelope.rotation import verify
+    from sqla_envelope.maintenance import verify
 
     md = sa.MetaData()
     table = sa.Table(

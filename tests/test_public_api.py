@@ -99,3 +99,24 @@ def test_error_tree() -> None:
 def test_kms_keyring_builds_without_a_network_call() -> None:
     keyring = sqla_envelope.KmsKeyring("alias/app", region_name="eu-west-1")
     assert "alias/app" in repr(keyring)
+
+
+def test_the_import_paths_of_0_1_still_work() -> None:
+    """The maintenance code moved to sqla_envelope.maintenance; 0.1's paths still import it."""
+    from sqla_envelope import maintenance
+    from sqla_envelope.migrations import decrypt_column, encrypt_column, render_item
+    from sqla_envelope.rotation import reencrypt, rewrap, rewrap_column, verify
+    from sqla_envelope.walk import ColumnReport, Shard
+
+    assert (reencrypt, rewrap, rewrap_column, verify) == (
+        maintenance.reencrypt,
+        maintenance.rewrap,
+        maintenance.rewrap_column,
+        maintenance.verify,
+    )
+    assert (ColumnReport, Shard) == (maintenance.ColumnReport, maintenance.Shard)
+    assert (encrypt_column, decrypt_column) == (
+        maintenance.encrypt_column,
+        maintenance.decrypt_column,
+    )
+    assert callable(render_item)

@@ -20,9 +20,8 @@ from sqla_envelope import (
     rewrap,
     unpack_envelope,
 )
+from sqla_envelope.maintenance import Shard, reencrypt, rewrap_column, verify
 from sqla_envelope.migrations import decrypt_column, encrypt_column
-from sqla_envelope.rotation import reencrypt, rewrap_column, verify
-from sqla_envelope.walk import Shard
 
 ROWS = 57  # not a multiple of the batch sizes used below
 
@@ -412,7 +411,7 @@ def test_verify_reports_failing_primary_keys_without_values(
 def test_failures_listed_are_capped_but_all_counted(
     engine: sa.Engine, people: sa.Table, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqla_envelope import walk
+    from sqla_envelope.maintenance import walk
 
     monkeypatch.setattr(walk, "MAX_LISTED", 3)
     sqla_envelope.configure(Encryptor(LocalKeyring.generate("stranger")))

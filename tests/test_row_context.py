@@ -313,7 +313,7 @@ def test_rewrap_verify_and_reencrypt_use_each_rows_context(
     engine: sa.Engine, models: Models, encryptor: Encryptor
 ) -> None:
     from sqla_envelope import LocalKeyring
-    from sqla_envelope.rotation import reencrypt, rewrap, verify
+    from sqla_envelope.maintenance import reencrypt, rewrap, verify
 
     seed(engine, models)
     column = models.Patient.ssn
@@ -349,3 +349,64 @@ def test_encrypt_and_decrypt_column_in_place_bind_each_row(
     assert encryptor.decrypt(envelope, context) == b"plain-2"
     assert decrypt_column(engine, models.Patient.ssn).changed == 2
     assert bytes(stored(engine, "rowctx_patients", 1)) == b"plain-1"
+
+
+def test_relationships_eager_loads_and_self_joins_read_each_rows_tenant(
+    engine: sa.Engine, base: type[DeclarativeBase], encryptor: Encryptor
+) -> None:
+    from sqlalchemy.orm import aliased, joinedload, relationship, selectinload
+
+    class Org(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "rowctx_orgs"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        people: Mapped[list[Person]] = relationship(back_populates="org")
+
+    class Person(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "rowctx_people"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        tenant_id: Mapped[int] = mapped_column(sa.ForeignKey("rowctx_orgs.id"))
+        org: Mapped[Org] = relationship(back_populates="people")
+        ssn: Mapped[str] = mapped_column(
+            EncryptedType(sa.String(20), context_columns=("tenant_id",))
+        )
+
+    base.metadata.create_all(engine)
+    with Session(engine) as session:  # the tenant set through the relationship
+        first, second = Org(id=1), Org(id=2)
+        session.add_all([Person(id=1, org=first, ssn="a-1"), Person(id=2, org=second, ssn="b-2")])
+        session.commit()
+    for option in (joinedload(Org.people), selectinload(Org.people)):
+        with Session(engine) as session:
+            orgs = session.scalars(sa.select(Org).options(option).order_by(Org.id)).unique()
+            assert [[p.ssn for p in org.people] for org in orgs] == [["a-1"], ["b-2"]]
+    with Session(engine) as session:
+        other = aliased(Person)
+        pairs = session.execute(
+            sa.select(Person, other).join(other, other.id != Person.id).order_by(Person.id)
+        ).all()
+        assert [(x.ssn, y.ssn) for x, y in pairs] == [("a-1", "b-2"), ("b-2", "a-1")]
+
+
+def test_a_core_update_that_moves_a_row_must_set_its_bound_values_again(
+    engine: sa.Engine, models: Models
+) -> None:
+    """Values left bound to the old tenant would never decrypt: the UPDATE is refused."""
+    seed(engine, models)
+    table = models.Patient.__table__
+    before = stored(engine, "rowctx_patients", 1)
+    with engine.begin() as conn, pytest.raises(ConfigurationError, match="unreadable"):
+        conn.execute(table.update().where(table.c.id == 1).values(tenant_id=9))
+    with engine.begin() as conn, pytest.raises(ConfigurationError, match="unreadable"):
+        conn.execute(
+            table.update().where(table.c.id == sa.bindparam("i")), [{"i": 1, "tenant_id": 9}]
+        )
+    assert stored(engine, "rowctx_patients", 1) == before
+    with engine.begin() as conn:  # set again with the move: fine, NULL included
+        conn.execute(table.update().where(table.c.id == 1).values(tenant_id=9, ssn="111-11-1111"))
+        conn.execute(table.update().where(table.c.id == 2).values(tenant_id=9, ssn=None))
+    with Session(engine) as session:
+        assert session.get(models.Patient, 1).ssn == "111-11-1111"  # type: ignore[union-attr]
+        nobody = session.get(models.Patient, 2)
+        assert nobody is not None and nobody.ssn is None
+        nobody.tenant_id = 10  # the ORM moves a row with a NULL value too
+        session.commit()

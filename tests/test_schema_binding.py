@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sqla_envelope import DecryptionError, EncryptedType, Encryptor, LocalKeyring
+from sqla_envelope.maintenance import rewrap, verify
 from sqla_envelope.migrations import decrypt_column
-from sqla_envelope.rotation import rewrap, verify
 
 TENANTS = ("sqlae_tenant_a", "sqlae_tenant_b")
 

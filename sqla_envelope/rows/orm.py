@@ -73,8 +73,7 @@ def _before_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
             current = state.dict.get(key, _ABSENT)
             if current is _ABSENT or type(current) is SealedValue:
                 current = _as_stored(mapper, connection, state, key, bound)
-            if current is None:
-                continue
+            # Set again even when NULL: an UPDATE that moves the row must say so.
             set_committed_value(target, key, current)
             flag_modified(target, key)
         for name in bound:

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.sql.elements import ColumnClause
 
-from .values import RowStored, bound_pairs
+from .values import RowStored, text_of
 
 __all__ = ["BoundResultColumn", "bound_result_columns", "wrap_rows"]
 
@@ -73,12 +73,14 @@ def wrap_rows(rows: list[Any], columns: list[BoundResultColumn]) -> list[Any]:
     for row in rows:
         values = list(row)
         for index, label, names, sources in columns:
-            bound = {
-                name: (process(row[at]) if process is not None else row[at])
-                for name, (at, process) in zip(names, sources, strict=True)
-            }
             stored = row[index]
-            pairs = bound_pairs(label, names, bound.__getitem__) if stored is not None else ()
+            if stored is None:
+                values[index] = RowStored(None, ())
+                continue
+            pairs = tuple(
+                (name, text_of(label, name, process(row[at]) if process else row[at]))
+                for name, (at, process) in zip(names, sources, strict=True)
+            )
             values[index] = RowStored(stored, pairs)
         wrapped.append(tuple(values))
     return wrapped

@@ -117,6 +117,23 @@ def _is_null(value: Any) -> bool:
     return getattr(value, "__visit_name__", None) == "null"
 
 
+def _check_update(table: Any, columns: Sequence[Bound], keys: set[str]) -> None:
+    """Refuse an UPDATE that moves a row's bound columns and leaves values bound to the old.
+
+    Such values would never decrypt again: a value that was accepted must stay
+    readable. The ORM sets them again itself when a tenant changes (rows/orm.py);
+    a Core UPDATE must set them too (to NULL if the row has none).
+    """
+    for key, names, label in columns:
+        moved = [name for name in names if name in keys]
+        if moved and key not in keys and hasattr(table.c[key].type, "open_row_bound"):
+            raise ConfigurationError(
+                f"{table.name}: a statement changes {', '.join(moved)} without {label}, "
+                f"whose values are bound to it and would become unreadable: set {key} in "
+                "the same statement, or move the row through the ORM, which re-encrypts it"
+            )
+
+
 def install() -> None:
     """Listen on every Engine (idempotent)."""
-    listen_on_writes(row_bound_columns, _embedded, _bound_params)
+    listen_on_writes(row_bound_columns, _embedded, _bound_params, _check_update)

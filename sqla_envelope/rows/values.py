@@ -29,6 +29,7 @@ __all__ = [
     "bound_context",
     "bound_pairs",
     "check_context_columns",
+    "text_of",
 ]
 
 Pairs = tuple[tuple[str, str], ...]
@@ -48,7 +49,7 @@ def check_context_columns(names: Sequence[str]) -> tuple[str, ...]:
     return found
 
 
-def _text(label: str, name: str, value: Any) -> str:
+def text_of(label: str, name: str, value: Any) -> str:
     """A bound column's value as the text that joins the context, the same on every database.
 
     Only types whose text is unambiguous and comes back from every database as it
@@ -74,7 +75,7 @@ def _text(label: str, name: str, value: Any) -> str:
 
 def bound_pairs(label: str, names: Sequence[str], values: Callable[[str], Any]) -> Pairs:
     """The (name, text) pairs of a row's bound values, ``values(name)`` giving each one."""
-    return tuple((name, _text(label, name, values(name))) for name in names)
+    return tuple((name, text_of(label, name, values(name))) for name in names)
 
 
 # Contexts already built, by (column context, bound values): a read of N rows over

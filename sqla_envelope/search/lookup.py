@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import ConfigurationError
-from ..rotation import encrypted_column
+from ..maintenance.rotation import encrypted_column
 from ..rows.values import bound_pairs
 from .blind_index import BlindIndex, IndexDigest
 

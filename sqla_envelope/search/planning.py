@@ -85,7 +85,7 @@ def measure(bind: Any, index: Any, *, false_positives: float = 1.0) -> IndexPlan
     Decrypts every row (batch by batch, in primary-key order); keeps a 16-byte
     digest per distinct value in memory, not the values.
     """
-    from ..walk import SKIP, ColumnReport, walk_column
+    from ..maintenance.walk import SKIP, ColumnReport, walk_column
     from .encoding import canonical
     from .reindex import index_column, source_readers
 

@@ -16,11 +16,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import ConfigurationError
-from ..rotation import column_encryptor, encrypted_column
+from ..maintenance.rotation import column_encryptor, encrypted_column
+from ..maintenance.walk import SKIP, ColumnReport, Progress, Shard, walk_column
 from ..rows.values import bound_pairs
 from ..rows.walking import RowContexts
 from ..schema_binding import translation_of
-from ..walk import SKIP, ColumnReport, Progress, Shard, walk_column
 from .blind_index import BlindIndex, IndexDigest
 
 __all__ = ["index_column", "reindex", "reindex_column", "source_readers"]

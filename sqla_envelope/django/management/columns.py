@@ -29,11 +29,11 @@ from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from ...cli_job import UsageError, describe, json_context
 from ...cli_ops import run_options
 from ...errors import ConfigurationError, DecryptionError, EnvelopeError
+from ...maintenance.rotation import encrypted_column
+from ...maintenance.walk import ColumnReport, count_rows
 from ...progress import RunDisplay
-from ...rotation import encrypted_column
 from ...storage import Storage
 from ...types import EncryptedType
-from ...walk import ColumnReport, count_rows
 from ..engine import get_engine
 
 __all__ = ["ColumnCommand", "Target", "import_attribute"]

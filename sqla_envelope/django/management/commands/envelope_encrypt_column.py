@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ....cli_job import LOGICAL
-from ....migrations import encrypt_column
+from ....maintenance.columns import encrypt_column
 from ..columns import ColumnCommand, Operation, Target
 
 

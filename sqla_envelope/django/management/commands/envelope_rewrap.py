@@ -11,7 +11,7 @@ from django.core.management.base import CommandError  # type: ignore[import-unty
 from ....keyrings.base import Keyring
 from ....keyrings.kms import KmsKeyring
 from ....keyrings.local import LocalKeyring
-from ....rotation import column_encryptor, rewrap_column
+from ....maintenance.rotation import column_encryptor, rewrap_column
 from ...conf import from_django
 from ..columns import ColumnCommand, Operation, Target
 

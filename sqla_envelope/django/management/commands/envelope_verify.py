@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from ....rotation import verify
+from ....maintenance.rotation import verify
 from ..columns import ColumnCommand, Operation, Target
 
 
