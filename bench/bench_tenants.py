@@ -29,10 +29,18 @@
    committed, every row must then be under version 2 (plain SQL over the header),
    and a sample of 1,000 rows decrypts.
 
+3. ``--wrap-choices``: the per-value cost of the three ways a branch key could
+   protect a data key, measured on one process with ``timeit`` (docs/format.md,
+   section 12, explains the choice): the AWS hierarchical keyring's (a random salt
+   and IV, a NIST SP 800-108 counter-mode KDF, AES-256-GCM), a data key derived
+   with HMAC from the branch key and a salt (nothing to unwrap), and AES-SIV under
+   a wrapping key derived once per branch key (what TenantKeyring does), with
+   LocalKeyring's own wrap for reference.
+
 Run::
 
     .venv/bin/python bench/bench_tenants.py [--tenants 100] [--rows 1000] [--repeat 3]
-        [--rotation-rows 1000000] [--kill-after 20]
+        [--rotation-rows 1000000] [--kill-after 20] [--wrap-choices]
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import shutil
 import signal
@@ -338,6 +347,64 @@ def rotation(args: argparse.Namespace, folder: Path) -> bool:
     return ok
 
 
+# -- part 3 ------------------------------------------------------------------------------
+
+
+def wrap_choices() -> None:
+    import hmac
+    import timeit
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from sqla_envelope.aead import LocalKeyWrapper
+    from sqla_envelope.context import EncryptionContext
+    from sqla_envelope.tenants.branch import BranchKey
+
+    branch, data_key = os.urandom(32), os.urandom(32)
+    context = EncryptionContext({"table": "patients", "column": "ssn", "tenant_id": "acme"})
+    aad = b"aad-prefix" + context.canonical
+    fixed = b"\x00\x00\x00\x01sqla-envelope-hierarchy\x00"
+    bits = (256).to_bytes(4, "big")
+
+    def aws_wrap() -> bytes:
+        salt, iv = os.urandom(16), os.urandom(12)
+        key = hmac.digest(branch, fixed + salt + bits, "sha256")  # SP 800-108, one block
+        return salt + iv + AESGCM(key).encrypt(iv, data_key, aad)
+
+    aws_blob = aws_wrap()
+
+    def aws_unwrap() -> bytes:
+        key = hmac.digest(branch, fixed + aws_blob[:16] + bits, "sha256")
+        return AESGCM(key).decrypt(aws_blob[16:28], aws_blob[28:], aad)
+
+    def derive_new() -> bytes:
+        return hmac.digest(branch, fixed + os.urandom(16) + aad + bits, "sha256")
+
+    def derive_again() -> bytes:
+        return hmac.digest(branch, fixed + aws_blob[:16] + aad + bits, "sha256")
+
+    key = BranchKey("acme", 1, branch)
+    wrapped = key.wrap(data_key, context)
+    local = LocalKeyWrapper(branch)
+    local_blob = local.wrap(data_key, aad)
+    choices = {
+        "AWS: salt + SP 800-108 KDF + AES-GCM": (aws_wrap, aws_unwrap),
+        "derived data key (HMAC of salt, context)": (derive_new, derive_again),
+        "TenantKeyring: AES-SIV under the branch key": (
+            lambda: key.wrap(os.urandom(32), context),
+            lambda: key.unwrap(wrapped.blob, context),
+        ),
+        "LocalKeyring (reference)": (
+            lambda: local.wrap(os.urandom(32), aad),
+            lambda: local.unwrap(local_blob, aad),
+        ),
+    }
+    print(f"\n{'per value':<46}{'wrap (new key)':>16}{'unwrap':>10}")
+    for name, (wrap, unwrap) in choices.items():
+        costs = [min(timeit.repeat(f, number=100_000, repeat=5)) / 100_000 for f in (wrap, unwrap)]
+        print(f"{name:<46}{costs[0] * 1e6:>13.2f} us{costs[1] * 1e6:>7.2f} us")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tenants", type=int, default=100)
@@ -347,10 +414,14 @@ def main() -> int:
     parser.add_argument("--rotation-rows", type=int, default=1_000_000)
     parser.add_argument("--kill-after", type=float, default=20.0)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--wrap-choices", action="store_true", help="only part 3")
     parser.add_argument("--child", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child)
+        return 0
+    if args.wrap_choices:
+        wrap_choices()
         return 0
     fake_aws_environment()
     with tempfile.TemporaryDirectory(prefix="bench-tenants-") as tmp:

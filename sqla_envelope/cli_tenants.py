@@ -92,8 +92,10 @@ def _cmd_shred(args: argparse.Namespace) -> int:
             "unreadable. Look first with --dry-run, then pass --yes"
         )
     metadata = _metadata(args.metadata) if args.metadata else None
+    data = _engine(args.data_url) if args.data_url else None
+    store = _store(args)
     report = shred(
-        _store(args), args.tenant, field=args.field, dry_run=args.dry_run, metadata=metadata
+        store, args.tenant, field=args.field, dry_run=args.dry_run, metadata=metadata, bind=data
     )
     print(report.summary())
     verb = "would become" if args.dry_run else "are now"
@@ -175,6 +177,11 @@ def add_tenants_commands(
         "--metadata",
         metavar="MODULE:ATTR",
         help="the application's MetaData or declarative Base, to count the tenant's rows",
+    )
+    shredding.add_argument(
+        "--data-url",
+        metavar="URL",
+        help="the database of the --metadata tables, if not --url's (where the keys are)",
     )
     shredding.add_argument("--field", default="tenant_id", help="the column naming the tenant")
     shredding.set_defaults(handler=handled(_cmd_shred))

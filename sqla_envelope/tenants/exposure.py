@@ -2,7 +2,8 @@
 
 A column is bound to the tenant when its EncryptedType lists the tenant field in
 ``context_columns`` (its values' contexts then name each row's tenant, and the
-TenantKeyring picks the key by it).
+TenantKeyring picks the key by it). Blind index columns are not listed: their key
+is the index key, which shredding leaves alone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ..types import EncryptedType
 from .store import Exposure
 
 __all__ = ["bound_columns", "tenant_exposure"]
@@ -22,7 +24,9 @@ def bound_columns(metadata: sa.MetaData, field: str) -> dict[sa.Table, tuple[str
     found: dict[sa.Table, tuple[str, ...]] = {}
     for table in metadata.sorted_tables:
         names = tuple(
-            c.name for c in table.columns if field in getattr(c.type, "context_columns", ())
+            c.name
+            for c in table.columns
+            if isinstance(c.type, EncryptedType) and field in c.type.context_columns
         )
         if names and field in table.c:
             found[table] = names

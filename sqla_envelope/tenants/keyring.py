@@ -340,7 +340,9 @@ class TenantKeyring:
             top[record.tenant] = record  # by version: the last one is the highest
         return sorted(t for t, record in top.items() if not record.destroyed)
 
-    def shred(self, tenant: str, *, dry_run: bool = False, metadata: Any = None) -> ShredReport:
+    def shred(
+        self, tenant: str, *, dry_run: bool = False, metadata: Any = None, bind: Any = None
+    ) -> ShredReport:
         """Destroy every version of ``tenant``'s branch key: crypto-shredding.
 
         Its values can then never be decrypted here (TenantShreddedError), nor,
@@ -350,9 +352,12 @@ class TenantKeyring:
         after_shred=True)``. This process forgets the keys at once; others within
         their ``cache_ttl``. With ``dry_run`` nothing changes. With ``metadata``
         (the application's MetaData), the report counts the tenant's rows in each
-        table with columns bound to the tenant (``context_columns``).
+        table with columns bound to the tenant (``context_columns``), in ``bind``
+        (an Engine; by default the branch key table's database).
         """
-        report = shred(self.store, tenant, field=self.field, dry_run=dry_run, metadata=metadata)
+        report = shred(
+            self.store, tenant, field=self.field, dry_run=dry_run, metadata=metadata, bind=bind
+        )
         if not dry_run:
             self._active.discard([tenant])
             self._keys.discard([BranchRef(tenant, version) for version in report.versions])
@@ -392,6 +397,7 @@ def shred(
     field: str = "tenant_id",
     dry_run: bool = False,
     metadata: Any = None,
+    bind: Any = None,
 ) -> ShredReport:
     """``TenantKeyring.shred`` on a store alone: what the command line runs, needing no keys.
 
@@ -402,7 +408,7 @@ def shred(
         count = getattr(store, "exposure", None)
         if count is None:
             raise ConfigurationError("this branch key store cannot count rows: no metadata=")
-        exposure = tuple(count(metadata, field, tenant))
+        exposure = tuple(count(metadata, field, tenant, bind))
     if dry_run:
         live = tuple(r.version for r in store.records(tenant) if not r.destroyed)
         return ShredReport(tenant, live, exposure, True)

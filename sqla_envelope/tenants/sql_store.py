@@ -207,8 +207,13 @@ class SqlBranchKeyStore:
         rows = self._run("read", lambda conn: conn.execute(query).all())
         return iter([self._record(row) for row in rows])
 
-    def exposure(self, metadata: sa.MetaData, field: str, tenant: str) -> list[Exposure]:
-        """Per table of ``metadata`` with columns bound to ``field``: the tenant's rows."""
+    def exposure(
+        self, metadata: sa.MetaData, field: str, tenant: str, bind: Engine | None = None
+    ) -> list[Exposure]:
+        """Per table of ``metadata`` with columns bound to ``field``: the tenant's rows.
+
+        Counted in ``bind``, the application's database (default: this table's).
+        """
         from .exposure import tenant_exposure
 
-        return tenant_exposure(self.engine, metadata, field, tenant)
+        return tenant_exposure(bind or self.engine, metadata, field, tenant)
