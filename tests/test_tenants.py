@@ -411,3 +411,18 @@ class TestOwnKeyringPerTenant:
         assert asked == ["acme", "acme"]
         with pytest.raises(ConfigurationError, match="keeps no branch keys"):
             keyring.shred("acme")
+
+
+@pytest.mark.parametrize("module", ["keyring", "branch", "refs", "store", "routing"])
+def test_keyring_modules_import_neither_sqlalchemy_nor_the_package_root(module: str) -> None:
+    import ast
+    from pathlib import Path
+
+    path = Path(sqla_envelope.__file__).parent / "tenants" / f"{module}.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            assert not any(a.name.split(".")[0] == "sqlalchemy" for a in node.names)
+            assert not any(a.name == "sqla_envelope" for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.col_offset == 0:
+            assert (node.module or "").split(".")[0] not in ("sqlalchemy", "sqla_envelope")
+            assert not (node.level == 2 and node.module is None), "the package root"
