@@ -21,7 +21,7 @@ from ..envelope import WrappedKey, header_end
 from ..errors import ConfigurationError, DecryptionError, KeyringError, MalformedEnvelopeError
 from ..keyrings.base import DataKey, Keyring, call_keyring
 from .branch import BranchKey, ShreddedKey, master_context
-from .refs import BranchRef, parse_branch_ref
+from .refs import BranchRef, branch_ref, parse_branch_ref
 from .routing import TenantRoutes
 from .store import DEFAULT_TABLE, BranchKeyRecord, BranchKeyStore, Exposure
 
@@ -172,13 +172,20 @@ class TenantKeyring:
             return self._routes.unwrap(tenant, wrapped_keys, context)
         others = []
         for key_ref, blob in wrapped_keys:
-            ref = _parse(key_ref)
-            if ref is None:
+            # Cached by key reference: the common case, a hit, parses nothing.
+            key = self._keys.get(key_ref)
+            if key is None:
+                ref = _parse(key_ref)
+                if ref is None:
+                    continue
+                if ref.tenant != tenant:
+                    others.append(ref.tenant)
+                    continue
+                key = self._keys.load(key_ref, self._load_version, ref)
+            elif key.tenant != tenant:
+                others.append(key.tenant)
                 continue
-            if ref.tenant != tenant:
-                others.append(ref.tenant)
-                continue
-            return self._keys.get_or_load(ref, self._load_version, ref).unwrap(blob, context)
+            return key.unwrap(blob, context)
         if others:
             raise DecryptionError(
                 f"the value was written for tenant {others[0]!r}, and its row's {self.field} "
@@ -218,8 +225,8 @@ class TenantKeyring:
                 continue
             seen.add(ref_bytes)
             if self._routes is None:
-                ref = _parse(ref_bytes.decode("ascii", "replace"))
-                if ref is None or self._keys.peek(ref) is not None:
+                key_ref = ref_bytes.decode("ascii", "replace")
+                if self._keys.peek(key_ref) is not None or _parse(key_ref) is None:
                     continue
             try:
                 yield envelope, header_end(envelope)
@@ -250,8 +257,7 @@ class TenantKeyring:
                 raise KeyringError(f"tenant {tenant!r}'s first branch key vanished once stored")
         if record.wrapped is None:
             return ShreddedKey(tenant, record.version)
-        ref = BranchRef(tenant, record.version)
-        return self._keys.get_or_load(ref, self._open, record)
+        return self._keys.get_or_load(branch_ref(tenant, record.version), self._open, record)
 
     def _load_version(self, ref: BranchRef) -> _Key:
         record = self.store.version(ref.tenant, ref.version)
@@ -286,8 +292,8 @@ class TenantKeyring:
         record = BranchKeyRecord(tenant, version, tuple(made.wrapped_keys))
         if not self.store.insert(record):
             return None
-        ref = BranchRef(tenant, version)
-        self._keys.get_or_load(ref, BranchKey, tenant, version, made.plaintext)
+        key = BranchKey(tenant, version, made.plaintext)
+        self._keys.get_or_load(key.key_ref, lambda: key)
         return record
 
     # -- managing tenants' keys --------------------------------------------------
@@ -360,7 +366,7 @@ class TenantKeyring:
         )
         if not dry_run:
             self._active.discard([tenant])
-            self._keys.discard([BranchRef(tenant, version) for version in report.versions])
+            self._keys.discard([branch_ref(tenant, version) for version in report.versions])
         return report
 
     def rewrap_tenant_keys(self, to: Keyring) -> int:
