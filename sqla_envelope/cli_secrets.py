@@ -22,12 +22,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli_credstash import credstash_options, export_command, import_command
-from .cli_index import handled, key_options, keyring_of
+from .cli_credstash import (
+    aws_options,
+    credstash_options,
+    export_command,
+    import_command,
+    keyring_from,
+    reencrypt_command,
+)
+from .cli_index import handled, key_options
 from .cli_job import PROG, UsageError, _engine, fail
 from .encryptor import Encryptor
-from .errors import EnvelopeError, SecretNotFound
+from .errors import ConfigurationError, EnvelopeError, SecretNotFound
 from .secrets import SecretStore
+from .secrets.aws import save_kms_region
 from .secrets.formats import FORMATS, UnprintableSecretError, render, text_of, variable_name
 
 __all__ = ["add_secrets_commands"]
@@ -38,7 +46,7 @@ _GLOB = re.compile(r"[*?\[]")
 
 
 def _context(pairs: Sequence[str]) -> dict[str, str]:
-    """credstash's ``k=v`` arguments; "", "=", "k=", "=v" and "a=b=c" are usage errors."""
+    """credstash's ``k=v`` arguments (and tags); "", "=", "k=", "=v", "a=b=c" are usage errors."""
     context: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -83,16 +91,29 @@ def _store(args: argparse.Namespace) -> SecretStore:
     url = args.url or os.environ.get("SQLA_ENVELOPE_URL")
     if not url:
         raise UsageError("--url (or SQLA_ENVELOPE_URL) names the database")
-    table = args.table or os.environ.get(ENV_TABLE) or "credential_store"
-    return SecretStore(_engine(url), Encryptor(keyring_of(args)), table=table)
+    table = (
+        args.table
+        or os.environ.get(ENV_TABLE)
+        or os.environ.get("CREDSTASH_DEFAULT_TABLE")  # credstash's -t default
+        or "credential_store"
+    )
+    return SecretStore(_engine(url), Encryptor(keyring_from(args)), table=table)
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:
+    if args.save_kms_region:
+        print(f"saved kms-region {args.save_kms_region} in {save_kms_region(args.save_kms_region)}")
     store = _store(args)
-    if store.create_table():
+    tags = _context(args.tags or ())
+    try:
+        created = store.create_table(tags=tags)
+    except ConfigurationError as exc:  # tags on a database without table comments
+        raise UsageError(str(exc)) from None
+    if created:
         print(f"created table {store.table_name}")
     else:
-        print(f"table {store.table_name} already exists")
+        kept = "; its tags are left as they are" if tags else ""
+        print(f"table {store.table_name} already exists{kept}")
     return 0
 
 
@@ -190,7 +211,11 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 def _cmd_history(args: argparse.Namespace) -> int:
     for info in _store(args).history(args.name):
         created = info.created_at.isoformat(timespec="seconds") if info.created_at else "-"
-        print(f"{info.name} -- version {info.version} -- {created} -- comment {info.comment or ''}")
+        kept = " -- a credstash item (reencrypt converts it)" if info.format == "credstash" else ""
+        print(
+            f"{info.name} -- version {info.version} -- {created} -- comment "
+            f"{info.comment or ''}{kept}"
+        )
     return 0
 
 
@@ -280,6 +305,7 @@ def add_secrets_commands(
         f"env=prod\n  {PROG} secrets get app.db.pass env=prod\n  {PROG} secrets exec "
         "--prefix app. env=prod -- ./run-app",
     )
+    aws_options(secrets, subcommand=False)
     sub = secrets.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     def command(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
@@ -291,20 +317,26 @@ def add_secrets_commands(
             "-t",
             "--table",
             metavar="NAME",
-            help=f"the table (default credential_store) [{ENV_TABLE}]",
+            help=f"the table (default credential_store) [{ENV_TABLE}, CREDSTASH_DEFAULT_TABLE]",
         )
-        key_options(
-            parser,
-            kms_flags=("-k", "--kms-key-id"),
-            region_flags=("-r", "--region", "--kms-region"),  # one region: no DynamoDB here
-        )
+        key_options(parser, kms_flags=("-k", "--kms-key-id"), region_flags=("--kms-region",))
+        aws_options(parser)
         parser.set_defaults(handler=handled(_printable(handler)))
         return parser
 
     def context_argument(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("context", nargs="*", metavar="KEY=VALUE", help="encryption context")
 
-    command("setup", _cmd_setup, "create the table if it is missing")
+    setup = command("setup", _cmd_setup, "create the table if it is missing")
+    setup.add_argument(
+        "--tags",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="tags of the new table, kept as its comment (PostgreSQL, MySQL, MariaDB)",
+    )
+    setup.add_argument(
+        "--save-kms-region", metavar="NAME", help="save the KMS region in ~/.credstash first"
+    )
 
     put = command("put", _cmd_put, "store a new version of a secret")
     put.add_argument("name", metavar="NAME")
@@ -359,12 +391,18 @@ def add_secrets_commands(
         "copy every version of every secret of a credstash DynamoDB table into the store",
     )
     context_argument(imported)
+    reencrypt = command(
+        "reencrypt",
+        lambda args: reencrypt_command(args, _store(args), _context(args.context)),
+        "convert the credstash items imported as they are to the store's format",
+    )
+    context_argument(reencrypt)
     exported = command(
         "export-credstash",
         lambda args: export_command(args, _store(args)),
         "write every version of every secret as a credstash item that credstash reads",
     )
-    credstash_options(imported, exported)
+    credstash_options(imported, exported, reencrypt)
 
     run = command("exec", _cmd_exec, "run a command with secrets in its environment (no shell)")
     run.add_argument("--prefix", metavar="P", help="only names starting with P, without it")

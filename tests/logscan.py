@@ -103,6 +103,9 @@ def _install() -> None:
     DataKey.__new__ = staticmethod(data_key_new)  # type: ignore[method-assign,assignment]
     _wrap(LocalKeyring, "unwrap_data_key", after=_remember)
     _wrap(KmsKeyring, "unwrap_data_key", after=_remember)
+    # credstash's 64-byte data keys (the credential store's import and export)
+    _wrap(KmsKeyring, "decrypt_blob", after=_remember)
+    _wrap(KmsKeyring, "generate_blob", after=lambda pair: _remember(pair[0]))
 
     original_init = EnvelopeError.__init__
 

@@ -81,3 +81,29 @@ def test_versions_padded_and_legacy() -> None:  # case 34
     assert padded_version(7) == "0000000000000000007"
     with pytest.raises(MalformedEnvelopeError):
         normalize_version("v1.0.0-1")
+
+
+def test_an_item_kept_verbatim_packs_and_unpacks_exactly() -> None:
+    from sqla_envelope.secrets.credstash_format import (
+        PAYLOAD_PREFIX,
+        CredstashItem,
+        item_of,
+        pack_item,
+        unpack_item,
+    )
+
+    _, digest, contents, tag = VECTORS[3]
+    dynamodb = {"name": "n", "version": "1", "key": "AQID", "contents": contents,
+                "hmac": tag.encode(), "digest": digest}  # fmt: skip
+    item = item_of(dynamodb, "alias/credstash")
+    assert item == CredstashItem("AQID", contents, tag, True, digest, "alias/credstash")
+    assert item_of({**dynamodb, "hmac": tag}, "k").hmac_binary is False
+    assert item_of({k: v for k, v in dynamodb.items() if k != "digest"}, "k").digest is None
+    payload = pack_item(item)
+    assert payload.startswith(PAYLOAD_PREFIX) and unpack_item(payload) == item
+    assert contents not in repr(item) and tag not in repr(item)
+    for bad in (b"", b"\x02" + payload, payload[:-1], PAYLOAD_PREFIX + b"[]",
+                PAYLOAD_PREFIX + b'{"key": 1}', PAYLOAD_PREFIX + b"\xff",
+                PAYLOAD_PREFIX + b" " * (1024 * 1024)):  # fmt: skip
+        with pytest.raises(MalformedEnvelopeError):
+            unpack_item(bad)

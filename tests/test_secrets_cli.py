@@ -46,12 +46,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.credstash_compat
 def test_setup_is_idempotent(cli: Path, capsys: pytest.CaptureFixture[str]) -> None:  # 42
     assert run(capsys, "setup") == (0, f"table {TABLE} already exists\n", "")
 
 
 @pytest.mark.credstash_compat
-def test_put_get_versions_and_a_taken_version(  # 8-11, 13
+def test_put_get_versions_and_a_taken_version(  # 8-13
     cli: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(capsys, "put", "app.db.pass", "hunter2") == (0, "app.db.pass has been stored\n", "")
@@ -65,6 +66,9 @@ def test_put_get_versions_and_a_taken_version(  # 8-11, 13
     assert run(capsys, "get", "app.db.pass")[1] == "hunter3\n"
     code, _, err = run(capsys, "get", "-v", "abc", "app.db.pass")
     assert code == 2 and "version number" in err
+    run(capsys, "put", "numeric", "nine", "-v", "9")
+    run(capsys, "put", "numeric", "ten", "-v", "10")
+    assert run(capsys, "get", "numeric")[1] == "ten\n"  # 10 > 9 (credstash compared strings)
 
 
 @pytest.mark.credstash_compat
@@ -87,7 +91,8 @@ def test_context_is_needed_again_and_never_leaks(  # 15
         assert run(capsys, "get", "app.api", bad)[0] == 2
 
 
-def test_value_sources(  # 18, 29, 30
+@pytest.mark.credstash_compat
+def test_value_sources(  # 18, 30
     cli: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"from stdin\n\n")))
@@ -102,6 +107,9 @@ def test_value_sources(  # 18, 29, 30
     assert run(capsys, "get", "-n", "typed")[1] == "@typed"
     run(capsys, "put", "empty")
     assert run(capsys, "get", "-n", "empty")[1] == ""
+
+
+def test_binary_values_round_trip(cli: Path, capsys: pytest.CaptureFixture[str]) -> None:  # 29
     blob = bytes(range(256))
     (cli / "blob.bin").write_bytes(blob)
     run(capsys, "put", "binary", "@blob.bin")
@@ -133,15 +141,19 @@ def test_list_keys_delete(cli: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert run(capsys, "delete", "b.long.name")[0] == 1
 
 
-def test_output_formats_read_back_exactly(  # 20, 21
+TRICKY = {
+    "app.quote": "it's",
+    "app.newline": "a\nb",
+    "app.dollar": "$HOME $(id)",
+    "app.sp": "a b",
+}
+
+
+@pytest.mark.credstash_compat
+def test_output_formats_read_back_exactly(  # 20
     cli: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tricky = {
-        "app.quote": "it's",
-        "app.newline": "a\nb",
-        "app.dollar": "$HOME $(id)",
-        "app.sp": "a b",
-    }
+    tricky = TRICKY
     for name, value in tricky.items():
         run(capsys, "put", name, value)
     out = run(capsys, "getall", "-f", "json")[1]
@@ -151,6 +163,14 @@ def test_output_formats_read_back_exactly(  # 20, 21
     assert dict(rows) == tricky  # type: ignore[arg-type]
     yaml = pytest.importorskip("yaml")
     assert yaml.safe_load(run(capsys, "getall", "-f", "yaml")[1]) == tricky
+
+
+def test_dotenv_and_env_give_a_shell_the_exact_values(  # 21 (diverge: credstash's break)
+    cli: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tricky = TRICKY
+    for name, value in tricky.items():
+        run(capsys, "put", name, value)
     for fmt in ("dotenv", "env"):
         (cli / "secrets.sh").write_text(run(capsys, "getall", "-f", fmt)[1])
         shown = subprocess.run(

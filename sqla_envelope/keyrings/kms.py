@@ -381,18 +381,28 @@ class KmsKeyring:
             raise DecryptionError(f"the value under {key_ref!r} does not hold a data key")
         return data_key  # type: ignore[no-any-return]
 
-    def decrypt_blob(self, ciphertext_blob: bytes, context: Mapping[str, str]) -> bytes:
+    def decrypt_blob(
+        self, ciphertext_blob: bytes, context: Mapping[str, str], key_id: str | None = None
+    ) -> bytes:
         """A KMS ``Decrypt`` of a ciphertext another tool wrote (credstash's 64-byte keys).
 
-        Under this keyring's key (``KeyId`` names it, as every Decrypt here does),
-        with its retries; the plaintext may be of any size. DecryptionError when KMS
-        refuses the ciphertext or the context, KeyringError for the service.
+        Under ``key_id``, one of the keys this keyring reads with (by default its
+        primary key; ``KeyId`` names it, as every Decrypt here does), with its
+        retries; the plaintext may be of any size. DecryptionError when the key is
+        not held here or KMS refuses the ciphertext or the context, KeyringError
+        for the service.
         """
+        key_id = key_id or self.key_id
+        if key_id not in self.readable_key_ids:
+            raise DecryptionError(
+                f"the ciphertext is under KMS key {key_id!r}, which this keyring does not "
+                f"hold (it holds {list(self.readable_key_ids)!r}; decrypt_key_ids adds one)"
+            )
         response = self._request(
             "Decrypt",
-            self.key_id,
+            key_id,
             CiphertextBlob=ciphertext_blob,
-            KeyId=self.key_id,
+            KeyId=key_id,
             EncryptionContext=dict(context),
         )
         return response["Plaintext"]  # type: ignore[no-any-return]

@@ -15,7 +15,6 @@ Three jobs, through SQLAlchemy's mapper and instance events:
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from sqlalchemy import event, inspect, select
@@ -32,22 +31,27 @@ __all__ = ["install"]
 Binding = tuple[str, tuple[str, ...], bool]
 
 _ABSENT = object()
-_mappers: weakref.WeakKeyDictionary[Mapper[Any], list[Binding]] = weakref.WeakKeyDictionary()
 
 
 def _bindings(mapper: Mapper[Any]) -> list[Binding]:
-    found = _mappers.get(mapper)
-    if found is None:
-        found = []
-        for prop in mapper.column_attrs:
-            column = prop.columns[0]
-            names = getattr(column.type, "context_columns", ())
-            table = getattr(column, "table", None)
-            if not names or table is None:
-                continue
-            keys = tuple(mapper.get_property_by_column(table.c[name]).key for name in names)
-            found.append((prop.key, keys, hasattr(column.type, "open_row_bound")))
-        _mappers[mapper] = found
+    found = getattr(mapper, "_sqla_envelope_bindings", None)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    found = _bindings_of(mapper)
+    mapper._sqla_envelope_bindings = found  # type: ignore[attr-defined]
+    return found
+
+
+def _bindings_of(mapper: Mapper[Any]) -> list[Binding]:
+    found: list[Binding] = []
+    for prop in mapper.column_attrs:
+        column = prop.columns[0]
+        names = getattr(column.type, "context_columns", ())
+        table = getattr(column, "table", None)
+        if not names or table is None:
+            continue
+        keys = tuple(mapper.get_property_by_column(table.c[name]).key for name in names)
+        found.append((prop.key, keys, hasattr(column.type, "open_row_bound")))
     return found
 
 
@@ -99,6 +103,7 @@ def _as_stored(
 
 
 def _open(state: Any, keys: Any = None) -> None:
+    """Open the SealedValues a load left in ``state`` (rare: most arrive opened)."""
     bindings = _bindings(state.mapper)
     if not bindings:
         return
@@ -119,20 +124,20 @@ def _open(state: Any, keys: Any = None) -> None:
         set_committed_value(state.obj(), key, opened)
 
 
-def _on_load(target: Any, context: Any) -> None:
-    _open(inspect(target))
+def _on_load(state: Any, context: Any) -> None:
+    # Runs for every object any query loads (raw=True: the state, no object
+    # lookup): nothing more than a cached lookup for a class without row-bound columns.
+    _open(state)
 
 
-def _on_refresh(target: Any, context: Any, keys: Any) -> None:
-    _open(inspect(target), keys)
+def _on_refresh(state: Any, context: Any, keys: Any) -> None:
+    _open(state, keys)
 
 
 def install() -> None:
     """Listen on every mapper (idempotent)."""
-    for name, listener in (
-        ("before_update", _before_update),
-        ("load", _on_load),
-        ("refresh", _on_refresh),
-    ):
+    if not event.contains(Mapper, "before_update", _before_update):
+        event.listen(Mapper, "before_update", _before_update)
+    for name, listener in (("load", _on_load), ("refresh", _on_refresh)):
         if not event.contains(Mapper, name, listener):
-            event.listen(Mapper, name, listener)
+            event.listen(Mapper, name, listener, raw=True)

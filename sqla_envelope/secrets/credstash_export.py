@@ -1,11 +1,13 @@
 """Writing a SecretStore out as a credstash DynamoDB table that stock credstash reads.
 
-So nobody is locked in: every version of every secret becomes a credstash item,
-under a fresh 64-byte KMS data key generated with the secret's stored context
+So nobody is locked in: every version of every secret becomes a credstash item
+with a 19-digit version and the comment. A secret in the store's format gets a
+fresh 64-byte KMS data key generated with the secret's stored context
 (credstash's ``get`` must give that context again), sealed as credstash seals
-(credstash_format.py), with a 19-digit version and the comment. ``hmac`` is
-written as DynamoDB binary, as credstash since 1.13.1 does, or as a string for
-older readers. An item already in the table is left alone.
+(credstash_format.py); ``hmac`` is written as DynamoDB binary, as credstash since
+1.13.1 does, or as a string for older readers. A credstash item kept verbatim
+goes back exactly as it came: credstash's own bytes, under its own KMS key, with
+no KMS call. An item already in the table is left alone.
 """
 
 from __future__ import annotations
@@ -13,14 +15,40 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from ..errors import ConfigurationError
+import sqlalchemy as sa
+
+from ..errors import ConfigurationError, EnvelopeError
 from ..keyrings.kms import KmsKeyring
-from .credstash_format import padded_version, seal_contents
-from .store import SecretStore
+from .aws import error_code
+from .credstash_format import CredstashItem, padded_version, seal_contents, unpack_item
+from .store import CREDSTASH, SecretStore
 
 __all__ = ["export_credstash"]
 
 CREDSTASH_DATA_KEY_SIZE = 64
+
+
+def _attributes(item: CredstashItem, hmac_as_string: bool) -> dict[str, Any]:
+    """The DynamoDB attributes of ``item``'s encrypted fields, as credstash writes them."""
+    binary = item.hmac_binary and not hmac_as_string
+    attributes: dict[str, Any] = {
+        "key": {"S": item.key},
+        "contents": {"S": item.contents},
+        "hmac": {"B": item.hmac.encode("ascii")} if binary else {"S": item.hmac},
+    }
+    if item.digest is not None:
+        attributes["digest"] = {"S": item.digest}
+    return attributes
+
+
+def _sealed(store: SecretStore, row: Any, kms: KmsKeyring) -> CredstashItem:
+    """A native secret sealed as credstash seals, under a new data key from ``kms``."""
+    value = store.get(row.name, version=row.version, context=row.context)
+    context = row.context or {}
+    data_key, blob = kms.generate_blob(context, CREDSTASH_DATA_KEY_SIZE)
+    contents, tag = seal_contents(data_key, str(value).encode("utf-8"), "SHA256")
+    key = base64.b64encode(blob).decode("ascii")
+    return CredstashItem(key, contents, tag, True, "SHA256", kms.key_id)
 
 
 def export_credstash(
@@ -45,37 +73,41 @@ def export_credstash(
         raise ConfigurationError(
             "writing credstash's table needs boto3: pip install 'sqla-envelope[kms]'"
         ) from None
-    infos = store.list()
+    t = store.table
+    query = sa.select(t.c.name, t.c.version, t.c.value_type, t.c.payload, t.c.comment, t.c.context)
+    with store.engine.connect() as conn:
+        rows = sorted(conn.execute(query), key=lambda row: (row.name, row.version))
+    for row in rows:
+        if row.value_type == "bytes":
+            raise ConfigurationError(
+                f"secret {row.name!r} version {row.version} is binary: credstash holds text only"
+            )
     client = (session or boto3.session.Session()).client(
         "dynamodb", region_name=region, endpoint_url=endpoint_url
     )
     written = existing = 0
-    for info in infos:
-        value = store.get(info.name, version=info.version, context=info.context)
-        if isinstance(value, bytes):
-            raise ConfigurationError(
-                f"secret {info.name!r} version {info.version} is binary: credstash holds text only"
-            )
-        context = info.context or {}
-        data_key, blob = kms.generate_blob(context, CREDSTASH_DATA_KEY_SIZE)
-        contents, tag = seal_contents(data_key, value.encode("utf-8"), "SHA256")
-        item: dict[str, Any] = {
-            "name": {"S": info.name},
-            "version": {"S": padded_version(info.version)},
-            "key": {"S": base64.b64encode(blob).decode("ascii")},
-            "contents": {"S": contents},
-            "hmac": {"S": tag} if hmac_as_string else {"B": tag.encode("ascii")},
-            "digest": {"S": "SHA256"},
+    for row in rows:
+        if row.value_type == CREDSTASH:
+            item = unpack_item(bytes(row.payload))
+        else:
+            item = _sealed(store, row, kms)
+        attributes = {
+            "name": {"S": row.name},
+            "version": {"S": padded_version(row.version)},
+            **_attributes(item, hmac_as_string),
         }
-        if info.comment:
-            item["comment"] = {"S": info.comment}
+        if row.comment:
+            attributes["comment"] = {"S": row.comment}
         try:
             client.put_item(
-                TableName=table, Item=item, ConditionExpression="attribute_not_exists(#n)",
+                TableName=table, Item=attributes, ConditionExpression="attribute_not_exists(#n)",
                 ExpressionAttributeNames={"#n": "name"},
             )  # fmt: skip
         except client.exceptions.ConditionalCheckFailedException:
             existing += 1
+        except Exception as exc:  # botocore's errors: a missing table, denied, unreachable
+            message = f"DynamoDB PutItem to table {table!r} failed: {error_code(exc)}"
+            raise EnvelopeError(message).chain(exc) from exc
         else:
             written += 1
     return written, existing

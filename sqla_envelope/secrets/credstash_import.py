@@ -1,27 +1,29 @@
 """Moving a credstash DynamoDB table into a SecretStore, every version of every name.
 
-Each item's 64-byte data key is unwrapped by KMS (under the caller's context,
-as credstash's ``get`` would), its HMAC checked and its value decrypted
-(credstash_format.py), then stored again in our format under the store's own
-keyring, with its version and comment: bound to store, name and version from
-then on, which credstash's items never were. A rerun skips what is there.
-Reading DynamoDB is the one place this package talks to it; boto3 is imported
-here only when asked.
+Each item is kept as credstash wrote it (``SecretStore.put_credstash_item``):
+its KMS-wrapped data key, ciphertext, HMAC and digest, with its version and
+comment. No KMS call is made, so the import needs read access to the table and
+nothing else; ``get`` then reads the items as credstash's ``get`` does, with
+``kms:Decrypt`` and their context, and ``SecretStore.reencrypt`` converts them
+to the store's own format, bound to store, name and version, which credstash's
+items never were. A rerun skips what is there. Reading DynamoDB is the one place
+this package talks to it; boto3 is imported here only when asked.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigurationError, DecryptionError, SecretExists
-from ..keyrings.kms import KmsKeyring
-from .credstash_format import normalize_version, open_contents
+from ..errors import ConfigurationError, EnvelopeError, MalformedEnvelopeError, SecretExists
+from .aws import error_code
+from .credstash_format import CredstashItem, item_of, normalize_version
 from .store import SecretStore
 
-__all__ = ["ImportReport", "import_credstash", "scan_credstash_table"]
+__all__ = ["DEFAULT_KMS_KEY", "ImportReport", "import_credstash", "scan_credstash_table"]
+
+DEFAULT_KMS_KEY = "alias/credstash"  # credstash's -k default
 
 
 @dataclass
@@ -46,49 +48,48 @@ def scan_credstash_table(
     client = (session or boto3.session.Session()).client(
         "dynamodb", region_name=region, endpoint_url=endpoint_url
     )
-    for page in client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
-        for item in page["Items"]:
-            yield {name: next(iter(value.values())) for name, value in item.items()}
-
-
-def _read_item(
-    item: Mapping[str, Any], kms: KmsKeyring, context: Mapping[str, str] | None
-) -> str | type[Exception]:
-    """The value of a credstash item, or the type of the error that stopped it."""
+    pages = client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
     try:
-        data_key = kms.decrypt_blob(base64.b64decode(item["key"]), context or {})
-        plaintext = open_contents(data_key, item["contents"], item["hmac"], item.get("digest"))
-        return plaintext.decode("utf-8")  # credstash stores UTF-8 text only
-    except (DecryptionError, UnicodeDecodeError, ValueError) as exc:
-        return type(exc)
+        for page in pages:
+            for item in page["Items"]:
+                yield {name: next(iter(value.values())) for name, value in item.items()}
+    except Exception as exc:  # botocore's errors: a missing table, denied, unreachable
+        message = f"DynamoDB Scan of table {table!r} failed: {error_code(exc)}"
+        raise EnvelopeError(message).chain(exc) from exc
+
+
+def _kept(item: Mapping[str, Any], kms_key_id: str) -> tuple[str, int, CredstashItem, str | None]:
+    """(name, version, the item to keep, comment) of a DynamoDB item; errors name it."""
+    name = item.get("name")
+    if not isinstance(name, str):
+        raise MalformedEnvelopeError("a credstash item without a name")
+    try:
+        version = normalize_version(str(item.get("version")))
+        return name, version, item_of(item, kms_key_id), item.get("comment") or None
+    except (MalformedEnvelopeError, ConfigurationError) as exc:
+        raise type(exc)(f"credstash item {name!r}: {exc}") from None
 
 
 def import_credstash(
     store: SecretStore,
     items: Iterable[Mapping[str, Any]],
-    credstash_kms: KmsKeyring,
     *,
-    context: Mapping[str, str] | None = None,
+    kms_key_id: str = DEFAULT_KMS_KEY,
 ) -> ImportReport:
-    """Store every credstash item in ``store``, decrypted with ``credstash_kms`` and ``context``.
+    """Keep every credstash item in ``store`` as credstash wrote it, under ``kms_key_id``.
 
-    A version already in the store is left as it is (so an import is run again
-    after a failure). The first item that cannot be read stops the import,
-    naming it: a wrong context or key must not import half a table silently.
+    ``kms_key_id`` names the KMS key credstash's data keys are under (credstash's
+    ``-k``, ``alias/credstash`` by default): reads ask KMS to decrypt under that
+    key only. Every item is checked before any is stored, and one that could
+    never be read (not base64 or hex, a digest credstash no longer checks, a
+    version that is not a number) stops the import, naming it. A version already
+    in the store is left as it is, so an import can be run again.
     """
+    kept = [_kept(item, kms_key_id) for item in items]
     report = ImportReport()
-    for item in items:
-        name, version = item["name"], normalize_version(item["version"])
-        value = _read_item(item, credstash_kms, context)
-        if not isinstance(value, str):
-            # Raised here, outside the except that caught it: a UnicodeDecodeError
-            # holds the decrypted bytes, and would ride along as __context__.
-            raise DecryptionError(
-                f"credstash item {name!r} version {version} cannot be read: give the context "
-                f"it was stored with ({value.__name__})"
-            )
+    for name, version, item, comment in kept:
         try:
-            store.put(name, value, version=version, context=context, comment=item.get("comment"))
+            store.put_credstash_item(name, version, item, comment=comment)
         except SecretExists:
             report.already_there += 1
         else:

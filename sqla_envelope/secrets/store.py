@@ -8,6 +8,11 @@ or store fails to decrypt, which credstash cannot say (its issue #134). Versions
 are integers, so the latest is the numerically highest (credstash compared
 zero-padded strings). The caller's context is stored beside the value, since it
 is not secret (credstash did not keep it, #130), but a read must still give it.
+
+A row may also hold a credstash item kept as credstash wrote it (``value_type``
+``cs/1``, a payload starting ``credstash/1``; credstash_format.py), imported
+without KMS: it is read as credstash reads it, through a KMS keyring, and bound
+to nothing until ``reencrypt`` converts it.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import fnmatch
+import json
 import random
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,10 +40,16 @@ from ..errors import (
     SecretExists,
     SecretNotFound,
 )
+from ..keyrings.base import Keyring
+from .credstash_format import CredstashItem, pack_item, unpack_item
+from .credstash_read import open_item
 
-__all__ = ["RESERVED_PREFIX", "SecretInfo", "SecretMap", "SecretStore"]
+__all__ = ["CREDSTASH", "RESERVED_PREFIX", "Conversion", "SecretInfo", "SecretMap", "SecretStore"]
 
 RESERVED_PREFIX = "sqla_envelope:"
+# value_type of a row holding a credstash item verbatim (its value is text);
+# ``WHERE value_type = 'cs/1'`` finds the rows reencrypt has still to convert.
+CREDSTASH = "cs/1"
 NAME_LENGTH = 255
 # Concurrent writers of one name each take max(version) + 1; the losers of the
 # race try the next one. Bounded so a broken database cannot spin forever.
@@ -60,6 +72,16 @@ class SecretInfo:
     comment: str | None
     created_at: dt.datetime | None
     context: dict[str, str] | None
+    # "native", or "credstash": an imported credstash item not yet reencrypted.
+    format: str = "native"
+
+
+@dataclass
+class Conversion:
+    """What ``reencrypt`` did: rows converted, and the (name, version) of those it skipped."""
+
+    converted: int = 0
+    skipped: list[tuple[str, int]] = field(default_factory=list)
 
 
 class SecretStore:
@@ -102,9 +124,21 @@ class SecretStore:
 
     # -- the table -----------------------------------------------------------------------
 
-    def create_table(self) -> bool:
-        """Create the table if it is missing; True if it was created."""
+    def create_table(self, *, tags: Mapping[str, str] | None = None) -> bool:
+        """Create the table if it is missing; True if it was created.
+
+        ``tags`` (credstash's ``setup --tags``) become the new table's comment, as
+        JSON; a table that exists keeps its own, as credstash's does. SQLite keeps
+        no table comments: tags there raise ConfigurationError.
+        """
+        if tags and not self.engine.dialect.supports_comments:
+            raise ConfigurationError(
+                f"{self.engine.dialect.name} keeps no table comments, where tags go: "
+                "tag the table on PostgreSQL, MySQL or MariaDB"
+            )
         existed = sa.inspect(self.engine).has_table(self.table_name)
+        if not existed and tags:
+            self.table.comment = json.dumps(dict(tags), sort_keys=True)
         self.table.create(self.engine, checkfirst=True)
         return not existed
 
@@ -162,6 +196,35 @@ class SecretStore:
     ) -> bool:
         """One INSERT; False when the version was taken (by this call's race or earlier)."""
         payload = self.encryptor.encrypt(plaintext, self._context(name, version, user))
+        return self._insert_row(name, version, payload, value_type, user, comment)
+
+    def put_credstash_item(
+        self, name: str, version: int, item: CredstashItem, *, comment: str | None = None
+    ) -> int:
+        """Keep a credstash item as credstash wrote it, as ``version`` of ``name``.
+
+        No key service is called: the item's data key stays wrapped by KMS as
+        credstash wrapped it, and ``get`` reads it as credstash's ``get`` does
+        (through a KmsKeyring holding ``item.kms_key_id``, given the context it
+        was stored with, which credstash never recorded). SecretExists when the
+        version is taken.
+        """
+        _check_name(name)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ConfigurationError("version= is a positive integer")
+        if not self._insert_row(name, version, pack_item(item), CREDSTASH, {}, comment):
+            raise SecretExists(f"secret {name!r} version {version} is already stored")
+        return version
+
+    def _insert_row(
+        self,
+        name: str,
+        version: int,
+        payload: bytes,
+        value_type: str,
+        user: dict[str, str],
+        comment: str | None,
+    ) -> bool:
         row = {
             "name": name,
             "version": version,
@@ -217,9 +280,18 @@ class SecretStore:
         return self._open(name, row.version, row.payload, row.value_type, _user_context(context))
 
     def _open(
-        self, name: str, version: int, payload: bytes, value_type: str, user: dict[str, str]
+        self,
+        name: str,
+        version: int,
+        payload: bytes,
+        value_type: str,
+        user: dict[str, str],
+        keyring: Keyring | None = None,
     ) -> str | bytes:
         try:
+            if value_type == CREDSTASH:
+                item = unpack_item(bytes(payload))
+                return open_item(keyring or self.encryptor.keyring, item, user)
             plaintext = self.encryptor.decrypt(bytes(payload), self._context(name, version, user))
         except DecryptionError as exc:
             raise DecryptionError(
@@ -267,12 +339,14 @@ class SecretStore:
         encryptor = self.encryptor
         remote = bool(getattr(encryptor.keyring, "unwraps_remotely", False))
         # Threads only for the values whose key must come from KMS: a cached key
-        # decrypts in microseconds, less than handing it to a thread costs.
+        # decrypts in microseconds, less than handing it to a thread costs. A
+        # credstash item's key is never cached: each is a KMS Decrypt.
         cold, opened = [], []
         for row in rows:
-            if encryptor.has_key_for(bytes(row.payload)):
+            if row.value_type != CREDSTASH and encryptor.has_key_for(bytes(row.payload)):
                 opened.append(open_row(row))
             else:
+                remote = remote or row.value_type == CREDSTASH
                 cold.append(row)
         if remote and len(cold) > 1:
             with ThreadPoolExecutor(min(len(cold), encryptor.max_workers)) as pool:
@@ -289,8 +363,7 @@ class SecretStore:
 
     def list(self, *, pattern: str | None = None) -> builtins.list[SecretInfo]:
         """Every stored version (of the names matching ``pattern``), by name then version."""
-        t = self.table
-        query = sa.select(t.c.name, t.c.version, t.c.comment, t.c.created_at, t.c.context)
+        query = sa.select(*self._info_columns())
         with self.engine.connect() as conn:
             # Sorted here: each database's collation orders names its own way.
             rows = sorted(conn.execute(query), key=lambda row: (row.name, row.version))
@@ -306,16 +379,72 @@ class SecretStore:
         """Every version of ``name``, oldest first; SecretNotFound when there is none."""
         _check_name(name)
         t = self.table
-        query = (
-            sa.select(t.c.name, t.c.version, t.c.comment, t.c.created_at, t.c.context)
-            .where(t.c.name == name)
-            .order_by(t.c.version)
-        )
+        query = sa.select(*self._info_columns()).where(t.c.name == name).order_by(t.c.version)
         with self.engine.connect() as conn:
             found = [_info(row) for row in conn.execute(query)]
         if not found:
             raise SecretNotFound(f"secret {name!r} not found")
         return found
+
+    def _info_columns(self) -> tuple[Any, ...]:
+        t = self.table
+        return (t.c.name, t.c.version, t.c.comment, t.c.created_at, t.c.context, t.c.value_type)
+
+    # -- converting credstash items ------------------------------------------------------
+
+    def reencrypt(
+        self,
+        *,
+        pattern: str | None = None,
+        context: Mapping[str, str] | None = None,
+        keyring: Keyring | None = None,
+        skip_undecryptable: bool = False,
+    ) -> Conversion:
+        """Convert the credstash items kept verbatim (of names matching ``pattern``) to ours.
+
+        Each is read as ``get`` reads it, under ``context`` (credstash's items must
+        be given the context they were stored with), with ``keyring`` (a
+        KmsKeyring holding credstash's key; by default the Encryptor's), then
+        sealed by the Encryptor, bound to store, name and version, with the same
+        version, comment and creation time. Each row is converted on its own, and
+        only if it still holds the same item, so a stopped run is run again and
+        concurrent runs do not clash. The first item that cannot be read raises,
+        naming it; with ``skip_undecryptable`` it is left as it is and named in
+        the result's ``skipped``.
+        """
+        t = self.table
+        query = (
+            sa.select(t.c.name, t.c.version, t.c.payload)
+            .where(t.c.value_type == CREDSTASH)
+            .order_by(t.c.name, t.c.version)
+        )
+        with self.engine.connect() as conn:
+            rows = [row for row in conn.execute(query) if _matches(row.name, pattern)]
+        user = _user_context(context)
+        report = Conversion()
+        for row in rows:
+            try:
+                value = self._open(row.name, row.version, row.payload, CREDSTASH, user, keyring)
+            except DecryptionError:
+                if not skip_undecryptable:
+                    raise
+                report.skipped.append((row.name, int(row.version)))
+                continue
+            plaintext = str(value).encode("utf-8")
+            payload = self.encryptor.encrypt(plaintext, self._context(row.name, row.version, user))
+            statement = (
+                t.update()
+                .where(
+                    t.c.name == row.name,
+                    t.c.version == row.version,
+                    t.c.value_type == CREDSTASH,
+                    t.c.payload == row.payload,
+                )
+                .values(payload=payload, value_type="str", context=user or None)
+            )
+            with self.engine.begin() as conn:
+                report.converted += int(conn.execute(statement).rowcount)
+        return report
 
     # -- deleting ------------------------------------------------------------------------
 
@@ -380,4 +509,5 @@ def _info(row: Any) -> SecretInfo:
     created = row.created_at
     if created is not None and created.tzinfo is None:
         created = created.replace(tzinfo=dt.timezone.utc)  # SQLite and MySQL drop the zone
-    return SecretInfo(row.name, int(row.version), row.comment, created, row.context)
+    kind = "credstash" if row.value_type == CREDSTASH else "native"
+    return SecretInfo(row.name, int(row.version), row.comment, created, row.context, kind)
