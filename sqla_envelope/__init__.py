@@ -18,6 +18,7 @@ from .errors import KeyringError as KeyringError
 from .errors import MalformedEnvelopeError as MalformedEnvelopeError
 from .errors import SecretExists as SecretExists
 from .errors import SecretNotFound as SecretNotFound
+from .errors import TenantShreddedError as TenantShreddedError
 from .errors import UnsupportedComparisonError as UnsupportedComparisonError
 from .keyrings import DataKey as DataKey
 from .keyrings import Keyring as Keyring
@@ -30,6 +31,7 @@ from .search import plan_bits as plan_bits
 from .search import reindex as reindex
 from .secrets import SecretStore as SecretStore
 from .sql_guard import install as _install_sql_guard
+from .tenants import TenantKeyring as TenantKeyring
 from .types import EncryptedType as EncryptedType
 
 _install_engine_events()
@@ -57,6 +59,8 @@ __all__ = [
     "SecretExists",
     "SecretNotFound",
     "SecretStore",
+    "TenantKeyring",
+    "TenantShreddedError",
     "UnsupportedComparisonError",
     "WrappedKey",
     "configure",

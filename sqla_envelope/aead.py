@@ -131,17 +131,18 @@ class LocalKeyWrapper:
     0.4 µs more per unwrap than AES-GCM here. RFC 3394 key wrap would be smaller
     but takes no associated data, so it could not bind the key to its context.
     The 512-bit SIV key is derived from the 32-byte master key with HKDF-SHA256,
-    so the stored key is never used directly.
+    so the stored key is never used directly; ``info`` separates the uses of one
+    key (a tenant's branch key wraps under its own label, tenants/branch.py).
     """
 
     __slots__ = ("_siv",)
 
-    def __init__(self, master_key: bytes) -> None:
+    def __init__(self, master_key: bytes, info: bytes = _LOCAL_WRAP_INFO) -> None:
         if not isinstance(master_key, bytes) or len(master_key) != MASTER_KEY_SIZE:
             raise ConfigurationError(f"a local master key must be exactly {MASTER_KEY_SIZE} bytes")
-        siv_key = HKDF(
-            algorithm=hashes.SHA256(), length=64, salt=None, info=_LOCAL_WRAP_INFO
-        ).derive(master_key)
+        siv_key = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=info).derive(
+            master_key
+        )
         self._siv = AESSIV(siv_key)
 
     def wrap(self, data_key: bytes, aad: bytes) -> bytes:

@@ -30,7 +30,7 @@ class KeyEvent:
     operation: Literal["wrap", "unwrap"]
     context: Mapping[str, str]
     key_ref: str
-    mode: str  # "local", "direct" or "bounded_reuse"
+    mode: str  # "local", "direct", "bounded_reuse", or "tenant" (TenantKeyring)
     cache_hit: bool
     duration: float  # seconds spent in the keyring (0 for a cache hit)
     error: str | None = None  # the exception's type name when the keyring call failed

@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
 from .errors import KeyringError
@@ -200,6 +200,17 @@ class KeyCache(Generic[V]):
         """Forget every entry now; loads already in flight are not cached either."""
         self._generation += 1
         self._entries.clear()
+
+    def discard(self, keys: Iterable[Hashable]) -> None:
+        """Forget ``keys`` now; loads already in flight, of any key, are not cached either.
+
+        For a key that must stop serving at once (a tenant's shredded branch
+        key): a load that started before the call may hold what it names, so no
+        load in flight is kept; the others are simply loaded again.
+        """
+        self._generation += 1
+        for key in keys:
+            self._entries.pop(key, None)
 
     def _after_fork_in_child(self) -> None:
         # The parent's loads hold their flights' locks from threads the child

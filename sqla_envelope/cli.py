@@ -27,6 +27,7 @@ from .cli_job import PROG, describe, fail
 from .cli_kms import add_kms_commands
 from .cli_ops import add_commands
 from .cli_secrets import add_secrets_commands
+from .cli_tenants import add_tenants_commands
 from .envelope import TAG_SIZE, Envelope, unpack
 from .errors import EnvelopeError, MalformedEnvelopeError
 from .keyrings.local import LocalKeyring
@@ -254,6 +255,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_index_commands(commands, formatter)
     add_secrets_commands(commands, formatter)
     add_kms_commands(commands, formatter)
+    add_tenants_commands(commands, formatter)
     return parser
 
 

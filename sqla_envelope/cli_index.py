@@ -27,7 +27,14 @@ from .maintenance.walk import ColumnReport, Shard
 from .search.planning import measure
 from .search.reindex import index_column, reindex_column
 
-__all__ = ["ENV_INDEX_KEY", "add_index_commands", "handled", "key_options", "keyring_of"]
+__all__ = [
+    "ENV_INDEX_KEY",
+    "add_index_commands",
+    "handled",
+    "import_attribute",
+    "key_options",
+    "keyring_of",
+]
 
 ENV_INDEX_KEY = "SQLA_ENVELOPE_INDEX_KEY"
 _KEY_ENV = {
@@ -59,18 +66,25 @@ def _cmd_index_key_new(args: argparse.Namespace) -> int:
 
 def _model_attribute(spec: str) -> Any:
     """``package.module:Model.attribute`` -> the mapped attribute; UsageError otherwise."""
-    module_name, _, path = spec.partition(":")
-    if not module_name or "." not in path:
+    if "." not in spec.partition(":")[2]:
         raise UsageError("--model takes package.module:Model.attribute")
+    return import_attribute(spec, "--model")
+
+
+def import_attribute(spec: str, flag: str) -> Any:
+    """``package.module:name.name`` -> that object of the application; UsageError otherwise."""
+    module_name, _, path = spec.partition(":")
+    if not module_name or not path:
+        raise UsageError(f"{flag} takes package.module:attribute")
     if "" not in sys.path:
         sys.path.insert(0, "")  # the application's package, from where the command runs
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"--model: cannot import {module_name!r}: {exc}") from None
+        raise UsageError(f"{flag}: cannot import {module_name!r}: {exc}") from None
     for name in path.split("."):
         if not hasattr(target, name):
-            raise UsageError(f"--model: {module_name}:{path} has no {name!r}")
+            raise UsageError(f"{flag}: {module_name}:{path} has no {name!r}")
         target = getattr(target, name)
     return target
 

@@ -66,6 +66,10 @@ class EncryptionContext(Mapping[str, str]):
     def __getitem__(self, key: str) -> str:
         return self._items[key]
 
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        # Mapping.get goes through __getitem__ and a try: this is a dict lookup.
+        return self._items.get(key, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 

@@ -9,7 +9,8 @@ EnvelopeError
  ├── SecretNotFound              no secret of that name (and version) in the store
  ├── SecretExists                that version of the secret is already stored
  └── DecryptionError             a stored value cannot be decrypted
-      └── MalformedEnvelopeError the bytes are not an envelope we know
+      ├── MalformedEnvelopeError the bytes are not an envelope we know
+      └── TenantShreddedError    the value's tenant was crypto-shredded
 ```
 
 No message ever holds plaintext or key material: they name tables, columns, key
@@ -35,6 +36,7 @@ __all__ = [
     "MalformedEnvelopeError",
     "SecretExists",
     "SecretNotFound",
+    "TenantShreddedError",
     "UnsupportedComparisonError",
 ]
 
@@ -122,6 +124,21 @@ class MalformedEnvelopeError(DecryptionError):
 
     Truncated, garbage, or written by a newer version of the library.
     """
+
+
+class TenantShreddedError(DecryptionError):
+    """Raised for a value, or a write, of a tenant whose branch keys were shredded.
+
+    ``TenantKeyring.shred`` destroyed every version of the tenant's key, so its
+    values can never be decrypted again (docs/tenants.md says what that does and
+    does not guarantee); a write for that tenant is refused too, rather than
+    silently starting a fresh key. Other tenants are untouched. ``tenant`` names
+    the tenant (None when a column re-raised it with its own label).
+    """
+
+    def __init__(self, message: str, *, tenant: str | None = None) -> None:
+        super().__init__(message)
+        self.tenant = tenant
 
 
 class SecretNotFound(EnvelopeError, KeyError):  # noqa: N818 - the name shared/API.md fixes

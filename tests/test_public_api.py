@@ -47,6 +47,8 @@ EXPORTED = [
     "SecretExists",
     "SecretNotFound",
     "SecretStore",
+    "TenantKeyring",
+    "TenantShreddedError",
     "UnsupportedComparisonError",
     "WrappedKey",
     "configure",

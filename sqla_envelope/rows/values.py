@@ -78,8 +78,19 @@ def bound_pairs(label: str, names: Sequence[str], values: Callable[[str], Any]) 
     return tuple((name, text_of(label, name, values(name))) for name in names)
 
 
+# Contexts already built, by (column context, bound values): a read of N rows over
+# T tenants builds T contexts, not N (canonicalizing one costs about 5 µs, as much
+# as decrypting the value). Bounded; emptied whole when full, which costs a rebuild.
+_BUILT: dict[tuple[bytes, Pairs], EncryptionContext] = {}
+_BUILT_MAX = 4096
+
+
 def bound_context(label: str, base: EncryptionContext, pairs: Pairs) -> EncryptionContext:
     """The column's context with the row's bound values added."""
+    key = (base.canonical, pairs)
+    found = _BUILT.get(key)
+    if found is not None:
+        return found
     merged = base.as_dict()
     for name, text in pairs:
         if name in merged:
@@ -87,7 +98,11 @@ def bound_context(label: str, base: EncryptionContext, pairs: Pairs) -> Encrypti
                 f"{label}: context_columns names {name!r}, which its context already holds"
             )
         merged[name] = text
-    return EncryptionContext(merged)
+    context = EncryptionContext(merged)
+    if len(_BUILT) >= _BUILT_MAX:
+        _BUILT.clear()
+    _BUILT[key] = context
+    return context
 
 
 class RowBound:
