@@ -161,18 +161,31 @@ def _after_cursor_execute(
 def _unwrap_row_bound(
     encryptor: Encryptor, type_: EncryptedType, rows: list[Any], index: int
 ) -> None:
-    """Unwrap the keys of a row-bound column's values, each under its row's context."""
+    """Unwrap the keys of a row-bound column's values, each under its row's context.
+
+    The rows are grouped by their bound values first: one context per tenant,
+    not per row.
+    """
     load = type_.envelope_loader()
-    items = []
+    binary = type_.storage != "base64"
+    groups: dict[Any, list[bytes]] = {}
     for row in rows:
         value = row[index]
         if type(value) is not RowStored or value.stored is None:
             continue
-        try:
-            items.append((load(value.stored), type_.row_context(value.pairs)))
-        except MalformedEnvelopeError:
-            continue  # for the row's own decrypt to report
-    encryptor.unwrap_each(items)
+        stored = value.stored
+        if not (binary and type(stored) is bytes):
+            try:
+                stored = load(stored)
+            except MalformedEnvelopeError:
+                continue  # for the row's own decrypt to report
+        found = groups.get(value.pairs)
+        if found is None:
+            found = groups[value.pairs] = []
+        found.append(stored)
+    encryptor.unwrap_grouped(
+        (envelopes, type_.row_context(pairs)) for pairs, envelopes in groups.items()
+    )
 
 
 _FETCH_CHUNK = 256

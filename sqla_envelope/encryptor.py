@@ -337,26 +337,23 @@ class Encryptor:
             return off_loop(self._unwrap_scan, [(list(present), ctx)])
         return self._unwrap_scan([(present, ctx)])
 
-    def unwrap_each(self, items: Iterable[tuple[bytes, Mapping[str, str] | None]]) -> int:
-        """``unwrap_all`` for envelopes of different contexts: (envelope, context) pairs.
+    def unwrap_grouped(
+        self, groups: Iterable[tuple[Iterable[bytes | None], Mapping[str, str] | None]]
+    ) -> int:
+        """``unwrap_all`` for envelopes of several contexts: (envelopes, context) groups.
 
         For values bound to their rows (``context_columns``), whose contexts differ
-        row by row: the keys of every context are unwrapped concurrently, together.
+        from tenant to tenant: the keys of every group are unwrapped concurrently,
+        together, as ``unwrap_all`` unwraps one context's.
         """
         if not self._cache.enabled:
             return 0
-        groups: dict[bytes, tuple[list[bytes], EncryptionContext]] = {}
-        for envelope, context in items:
-            if not envelope:
-                continue
-            ctx = EncryptionContext.of(context)
-            group = groups.get(ctx.canonical)
-            if group is None:
-                group = groups[ctx.canonical] = ([], ctx)
-            group[0].append(envelope)
-        work = list(groups.values())
+        work = [
+            (filter(None, envelopes), EncryptionContext.of(context))
+            for envelopes, context in groups
+        ]
         if self._remote and in_async_greenlet():
-            return off_loop(self._unwrap_scan, work)
+            return off_loop(self._unwrap_scan, [(list(e), c) for e, c in work])
         return self._unwrap_scan(work)
 
     def _unwrap_scan(self, work: Iterable[tuple[Iterable[bytes], EncryptionContext]]) -> int:

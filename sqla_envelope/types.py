@@ -272,8 +272,8 @@ class EncryptedType(TypeDecorator[Any]):
                 envelope = encryptor.seal(
                     encode(value), self.execution_context() if translating[0] else context
                 )
-            except (KeyringError, ConfigurationError):
-                raise  # about the keys, not the value; the cause stays chained
+            except (KeyringError, ConfigurationError, DecryptionError):
+                raise  # about the keys (a shredded tenant's too), not the value
             except Exception as exc:  # re-raised below, holding nothing of the value
                 failure = exc
             else:
@@ -328,8 +328,8 @@ class EncryptedType(TypeDecorator[Any]):
             encryptor = self.encryptor if self.encryptor is not None else get_default_encryptor()
             try:
                 envelope = encryptor.seal(encode(inner), context)
-            except (KeyringError, ConfigurationError):
-                raise
+            except (KeyringError, ConfigurationError, DecryptionError):
+                raise  # about the keys (a shredded tenant's too), not the value
             except Exception as exc:  # re-raised below, holding nothing of the value
                 failure = exc
             else:
@@ -483,7 +483,9 @@ class EncryptedType(TypeDecorator[Any]):
                 return self._plaintext(stored)
             except DecryptionError as exc:
                 failure = exc
-        raise type(failure)(f"{self._label()}: {failure}")
+        error = type(failure)(f"{self._label()}: {failure}")
+        error.__dict__.update(failure.__dict__)  # what it says beyond its message (a tenant)
+        raise error
 
     def looks_like_envelope(self, stored: Any) -> bool:
         """Whether a stored value is an envelope, or was one before damage or a cut.
