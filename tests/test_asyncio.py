@@ -593,3 +593,43 @@ class TestRowBoundUnderAsyncio:
                         result.all()
 
         asyncio.run(scenario())
+
+
+class TestTenantKeyringUnderAsyncio:
+    def test_branch_keys_load_off_the_event_loop_and_values_read_back(
+        self, url: sa.URL, tmp_path: Path
+    ) -> None:
+        """An AsyncEngine app with TenantKeyring (its branch keys on a sync engine of their own)."""
+        from sqla_envelope.tenants import TenantKeyring, create_branch_key_table
+
+        keys_engine = sa.create_engine(f"sqlite:///{tmp_path / 'keys.db'}")
+        create_branch_key_table(keys_engine)
+        loop_thread: list[int] = []
+        master_threads: list[int] = []
+
+        class WatchedMaster(LocalKeyring):
+            def unwrap_data_key(self, wrapped_keys: Sequence[WrappedKey], context: Any) -> bytes:
+                master_threads.append(threading.get_ident())
+                return super().unwrap_data_key(wrapped_keys, context)
+
+        master = WatchedMaster.generate()
+        sqla_envelope.configure(Encryptor(TenantKeyring(master, keys_engine)))
+
+        async def scenario() -> None:
+            loop_thread.append(threading.get_ident())
+            async with _database(url, tenant_metadata) as engine:
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        TENANT_NOTES.insert(),
+                        [{"id": i, "tenant_id": i % 3, "body": f"note {i}"} for i in range(9)],
+                    )
+                # a cold process: every branch key unwrapped again, by the master
+                sqla_envelope.configure(Encryptor(TenantKeyring(master, keys_engine)))
+                async with engine.connect() as conn:
+                    rows = (await conn.execute(sa.select(TENANT_NOTES).order_by("id"))).all()
+                assert [r.body for r in rows] == [f"note {i}" for i in range(9)]
+
+        asyncio.run(scenario())
+        keys_engine.dispose()
+        assert len(master_threads) == 3  # one unwrap per tenant's branch key
+        assert loop_thread[0] not in master_threads  # never on the event loop's thread
