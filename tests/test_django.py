@@ -28,10 +28,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
 from django.test import Client, override_settings
 from django.test.utils import setup_test_environment, teardown_test_environment
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import sqla_envelope
 from sqla_envelope import (
     ConfigurationError,
+    DecryptionError,
     EncryptedType,
     Encryptor,
     KmsKeyring,
@@ -574,3 +576,52 @@ class TestEncryptColumn:
         add_patients(client)
         out = run("envelope_encrypt_column", "--attribute", ATTRIBUTE)
         assert "0 changed, 3 already done" in out
+
+
+# -- tenants: the tenant taken from the row ---------------------------------------------
+
+
+class TestTenantsInOneTable:
+    @pytest.mark.parametrize("alias", ["default", "pg"])
+    def test_values_bound_to_their_rows_tenant_through_the_apps_sessions(self, alias: str) -> None:
+        """Django's settings give the engine and the keys; the row gives the tenant."""
+        if alias == "pg":
+            pg_engine()
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Invoice(Base):
+            __tablename__ = "django_tenant_invoices"
+            id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+            tenant_id: Mapped[int]
+            iban: Mapped[str] = mapped_column(
+                EncryptedType(sa.String(34), context_columns=("tenant_id",))
+            )
+
+        engine = get_engine(alias)
+        Base.metadata.drop_all(engine)
+        Base.metadata.create_all(engine)
+        try:
+            with session(alias) as s:
+                s.add_all(
+                    [
+                        Invoice(id=1, tenant_id=7, iban="GB33BUKB20201555555555"),
+                        Invoice(id=2, tenant_id=8, iban="GB94BARC10201530093459"),
+                    ]
+                )
+                s.commit()
+            with engine.begin() as conn:  # behind the app's back: 2's value into 1's row
+                value = conn.execute(
+                    sa.text("SELECT iban FROM django_tenant_invoices WHERE id = 2")
+                ).scalar()
+                conn.execute(
+                    sa.text("UPDATE django_tenant_invoices SET iban = :v WHERE id = 1"),
+                    {"v": value},
+                )
+            with session(alias) as s:
+                assert s.get(Invoice, 2).iban == "GB94BARC10201530093459"  # type: ignore[union-attr]
+                with pytest.raises(DecryptionError, match="tenant_id='7'"):
+                    s.get(Invoice, 1)
+        finally:
+            Base.metadata.drop_all(engine)
