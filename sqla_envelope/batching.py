@@ -171,7 +171,7 @@ def _unwrap_row_bound(
     groups: dict[Any, list[bytes]] = {}
     for row in rows:
         value = row[index]
-        if type(value) is not RowStored or value.stored is None:
+        if type(value) is not RowStored or value.stored is None or value.pairs is None:
             continue
         stored = value.stored
         if not (binary and type(stored) is bytes):

@@ -375,7 +375,8 @@ class EncryptedType(TypeDecorator[Any]):
         A RowStored (the result carried the bound columns: rows/reads.py) is
         opened under them; a bare stored value becomes a SealedValue.
         """
-        after = self._decorators.after(_same, self._label())
+        label = self._label()
+        after = self._decorators.after(_same, label)
         names = self.context_columns
         opener = self._row_bound_opener()
 
@@ -383,6 +384,11 @@ class EncryptedType(TypeDecorator[Any]):
             if type(value) is RowStored:
                 if value.stored is None:
                     return after(None)
+                if value.pairs is None:
+                    raise DecryptionError(
+                        f"{label}: its row's {', '.join(names)} hold no value it could have "
+                        "been bound to (NULL, or not str, int or UUID): it cannot be read"
+                    )
                 return opener(value.stored, value.pairs)
             if value is None:
                 return after(None)

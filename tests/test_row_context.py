@@ -410,3 +410,15 @@ def test_a_core_update_that_moves_a_row_must_set_its_bound_values_again(
         assert nobody is not None and nobody.ssn is None
         nobody.tenant_id = 10  # the ORM moves a row with a NULL value too
         session.commit()
+
+
+def test_a_row_whose_tenant_was_set_null_behind_the_app_reads_as_an_error(
+    engine: sa.Engine, models: Models
+) -> None:
+    seed(engine, models)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE rowctx_patients SET tenant_id = NULL WHERE id = 1"))
+    with Session(engine) as session, pytest.raises(DecryptionError, match="tenant_id hold no"):
+        session.get(models.Patient, 1)
+    with Session(engine) as session:  # the other row is untouched
+        assert session.get(models.Patient, 2).ssn == "222-22-2222"  # type: ignore[union-attr]

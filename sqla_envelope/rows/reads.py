@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.sql.elements import ColumnClause
 
+from ..errors import EnvelopeError
 from .values import RowStored, text_of
 
 __all__ = ["BoundResultColumn", "bound_result_columns", "wrap_rows"]
@@ -77,10 +78,13 @@ def wrap_rows(rows: list[Any], columns: list[BoundResultColumn]) -> list[Any]:
             if stored is None:
                 values[index] = RowStored(None, ())
                 continue
-            pairs = tuple(
-                (name, text_of(label, name, process(row[at]) if process else row[at]))
-                for name, (at, process) in zip(names, sources, strict=True)
-            )
+            try:
+                pairs: Any = tuple(
+                    (name, text_of(label, name, process(row[at]) if process else row[at]))
+                    for name, (at, process) in zip(names, sources, strict=True)
+                )
+            except EnvelopeError:
+                pairs = None  # a NULL tenant, say: the column type reports it on read
             values[index] = RowStored(stored, pairs)
         wrapped.append(tuple(values))
     return wrapped

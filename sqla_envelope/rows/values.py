@@ -120,7 +120,7 @@ class RowBound:
 
 
 class RowStored:
-    """A stored value read with its row's bound values (or why they are missing)."""
+    """A stored value read with its row's bound values (None: the row holds none usable)."""
 
     __slots__ = ("pairs", "stored")
 
