@@ -35,18 +35,27 @@ pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 class Latency:
-    """Holds each KMS request for ``seconds`` and records how many were held at once."""
+    """Holds each KMS request for ``seconds`` and records how many were held at once.
+
+    With ``gather`` set, a request is also held until that many are in flight
+    together (or 5 s pass): requests that are really concurrent then reach the
+    peak whatever the machine's load, and serialized ones never do.
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.now = 0
         self.peak = 0
-        self._lock = threading.Lock()
+        self.gather = 0
+        self._lock = threading.Condition()
 
     def __call__(self, **_: Any) -> None:
         with self._lock:
             self.now += 1
             self.peak = max(self.peak, self.now)
+            self._lock.notify_all()
+            if self.gather:
+                self._lock.wait_for(lambda: self.peak >= self.gather, timeout=5)
         time.sleep(self.seconds)
         with self._lock:
             self.now -= 1
@@ -361,9 +370,11 @@ def test_bounded_reuse_makes_a_batchs_wrapping_keys_together_and_no_more(
 ) -> None:
     engine, person = people
     sqla_envelope.configure(Encryptor(new_keyring(key.arn, mode="bounded_reuse", max_rows=10)))
+    latency.gather = 4
     _insert(engine, person, 35)
     assert recorder.operations().count("GenerateDataKey") == 4  # ceil(35 / 10), as row by row
     assert latency.peak == 4  # all four at once: the flush waited one round trip, not four
+    latency.gather = 0
     wrapping = _wrapping_keys(engine)
     # each wrapping key serves at most max_rows values, in the order rows were written
     assert [wrapping.count(k) for k in dict.fromkeys(wrapping)] == [10, 10, 10, 5]
@@ -392,6 +403,7 @@ def test_bounded_reuse_read_fetches_a_results_wrapping_keys_together(
         sqla_envelope.configure(reader)
         recorder.clear()
         latency.peak = 0
+        latency.gather = peak
         with Session(engine) as session:
             statement = sa.select(person).order_by(person.id)
             options = {sqla_envelope.PREFETCH_OPTION: prefetch}
