@@ -490,7 +490,9 @@ class EncryptedType(TypeDecorator[Any]):
             except DecryptionError as exc:
                 failure = exc
         error = type(failure)(f"{self._label()}: {failure}")
-        error.__dict__.update(failure.__dict__)  # what it says beyond its message (a tenant)
+        # What it says beyond its message (a shredded tenant's name), never its
+        # recorded cause (_first_cause): that may be a codec's error quoting the value.
+        error.__dict__.update((k, v) for k, v in failure.__dict__.items() if not k.startswith("_"))
         raise error
 
     def looks_like_envelope(self, stored: Any) -> bool:

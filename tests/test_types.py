@@ -804,3 +804,20 @@ def test_orm_returning_and_null_checks_in_bulk_statements(
             assert session.scalars(sa.select(Note.id)).all() == [1]
     finally:
         Base.metadata.drop_all(engine)
+
+
+def test_a_read_error_raised_again_keeps_its_attributes_but_never_its_cause() -> None:
+    """A column names itself in a read error: the new error keeps what the old one says
+    (a shredded tenant's name) and drops its recorded cause, which may quote the value."""
+    from sqla_envelope.errors import DecryptionError, TenantShreddedError
+
+    column_type = EncryptedType(sa.String, context={"label": "x"})
+    quoting = ValueError("could not decode 'the-plaintext'")
+    failure = TenantShreddedError("tenant 'acme' was crypto-shredded", tenant="acme")
+    failure.chain(quoting)
+    with pytest.raises(DecryptionError) as raised:
+        column_type._unreadable(b"\x02" + bytes(60), failure)
+    assert type(raised.value) is TenantShreddedError
+    assert raised.value.tenant == "acme"
+    assert raised.value.__cause__ is None and raised.value.__context__ is None
+    assert "the-plaintext" not in repr(raised.value)
