@@ -78,19 +78,12 @@ def bound_pairs(label: str, names: Sequence[str], values: Callable[[str], Any]) 
     return tuple((name, text_of(label, name, values(name))) for name in names)
 
 
-# Contexts already built, by (column context, bound values): a read of N rows over
-# T tenants builds T contexts, not N (canonicalizing one costs about 5 µs, as much
-# as decrypting the value). Bounded; emptied whole when full, which costs a rebuild.
-_BUILT: dict[tuple[bytes, Pairs], EncryptionContext] = {}
-_BUILT_MAX = 4096
-
-
 def bound_context(label: str, base: EncryptionContext, pairs: Pairs) -> EncryptionContext:
-    """The column's context with the row's bound values added."""
-    key = (base.canonical, pairs)
-    found = _BUILT.get(key)
-    if found is not None:
-        return found
+    """The column's context with the row's bound values added.
+
+    Building one sorts and encodes it (about 5 us, as much as decrypting the
+    value): callers keep them per tenant (EncryptedType.row_context, RowContexts).
+    """
     merged = base.as_dict()
     for name, text in pairs:
         if name in merged:
@@ -98,11 +91,7 @@ def bound_context(label: str, base: EncryptionContext, pairs: Pairs) -> Encrypti
                 f"{label}: context_columns names {name!r}, which its context already holds"
             )
         merged[name] = text
-    context = EncryptionContext(merged)
-    if len(_BUILT) >= _BUILT_MAX:
-        _BUILT.clear()
-    _BUILT[key] = context
-    return context
+    return EncryptionContext(merged)
 
 
 class RowBound:
