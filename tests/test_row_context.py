@@ -422,3 +422,19 @@ def test_a_row_whose_tenant_was_set_null_behind_the_app_reads_as_an_error(
         session.get(models.Patient, 1)
     with Session(engine) as session:  # the other row is untouched
         assert session.get(models.Patient, 2).ssn == "222-22-2222"  # type: ignore[union-attr]
+
+
+def test_a_sealed_value_opens_only_with_every_bound_value(
+    engine: sa.Engine, models: Models
+) -> None:
+    seed(engine, models)
+    table = models.Patient.__table__
+    with engine.connect() as conn:
+        sealed = conn.execute(sa.select(table.c.ssn).where(table.c.id == 1)).scalar_one()
+    with pytest.raises(ConfigurationError, match="needs the row's tenant_id"):
+        sealed.open()
+    with pytest.raises(ConfigurationError, match="str, int or UUID"):
+        sealed.open(tenant_id=7.0)
+    with pytest.raises(InvalidValueError, match="NULL"):
+        sealed.open(tenant_id=None)
+    assert sealed.open(models.Patient(id=1, tenant_id=7)) == "111-11-1111"  # an ORM object

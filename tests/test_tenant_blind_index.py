@@ -117,3 +117,12 @@ def test_a_stored_hash_follows_the_documented_recipe(engine: sa.Engine, patient:
             sa.text("SELECT ssn_bidx FROM tenant_bidx_patients WHERE id = 2")
         ).scalar()
     assert bytes(stored) == expected
+
+
+def test_matching_refuses_what_it_cannot_look_up(engine: sa.Engine, patient: type[Any]) -> None:
+    with pytest.raises(ConfigurationError, match="is_"):
+        matching(patient.ssn, None, tenant_id=7)
+    with pytest.raises(ConfigurationError, match="give exactly those"):
+        matching(patient.ssn, "123-45-6789", tenant_id=7, region="eu")
+    with pytest.raises(ConfigurationError, match="not an EncryptedType"):
+        matching(patient.tenant_id, 7, tenant_id=7)
