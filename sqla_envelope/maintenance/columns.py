@@ -23,7 +23,7 @@ from .rotation import (
     encrypted_column,
     worker_count,
 )
-from .walk import SKIP, ColumnReport, Progress, Shard, walk_column
+from .walk import SKIP, ColumnReport, Progress, Shard, walk_values
 
 __all__ = ["IN_PLACE_TYPES", "decrypt_column", "encrypt_column"]
 
@@ -146,10 +146,8 @@ def encrypt_column(
         transform, read, guard = from_source, [col, plain], [col, plain]
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
-    width = len(read)
-    read, guard = [*read, *contexts.columns], [*guard, *contexts.columns]
-    return walk_column(
-        bind, table, read, guard, col, contexts.adapt(transform, width), report,
+    return walk_values(
+        bind, contexts, read, guard, col, transform, report,
         batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
         start_after=start_after, progress=progress,
         workers=worker_count(workers, encryptor.keyring),
@@ -273,10 +271,8 @@ def decrypt_column(
         transform, read, guard, write = to_target, [col, plain], [col, plain], plain
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
-    width = len(read)
-    read, guard = [*read, *contexts.columns], [*guard, *contexts.columns]
-    return walk_column(
-        bind, table, read, guard, write, contexts.adapt(transform, width), report,
+    return walk_values(
+        bind, contexts, read, guard, write, transform, report,
         batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
         start_after=start_after, progress=progress,
         workers=worker_count(workers, encryptor.keyring),

@@ -20,7 +20,7 @@ from ..keyrings.base import Keyring, call_keyring
 from ..rows.walking import RowContexts
 from ..schema_binding import translation_of
 from ..types import EncryptedType
-from .walk import SKIP, ColumnReport, Progress, Shard, walk_column
+from .walk import SKIP, ColumnReport, Progress, Shard, walk_values
 
 __all__ = [
     "column_encryptor",
@@ -105,23 +105,12 @@ def rewrap_column(
         return stored if dry_run else store(target.seal(plaintext, context))
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
-    read = [col, *contexts.columns]
-    return walk_column(
-        bind,
-        table,
-        read,
-        read,
-        col,
-        contexts.adapt(transform, 1),
-        report,
-        batch_size=batch_size,
-        dry_run=dry_run,
-        strict=strict,
-        shard=shard,
-        start_after=start_after,
+    return walk_values(
+        bind, contexts, [col], [col], col, transform, report,
+        batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
+        start_after=start_after, progress=progress,
         workers=worker_count(workers, source.keyring, target.keyring),
-        progress=progress,
-    )
+    )  # fmt: skip
 
 
 def rewrap(
@@ -207,23 +196,12 @@ def reencrypt(
         return stored if dry_run else store(target.seal(plaintext, current))
 
     report = ColumnReport(table.fullname, col.name, dry_run=dry_run)
-    read = [col, *contexts.columns]
-    return walk_column(
-        bind,
-        table,
-        read,
-        read,
-        col,
-        contexts.adapt(transform, 1),
-        report,
-        batch_size=batch_size,
-        dry_run=dry_run,
-        strict=strict,
-        shard=shard,
-        start_after=start_after,
+    return walk_values(
+        bind, contexts, [col], [col], col, transform, report,
+        batch_size=batch_size, dry_run=dry_run, strict=strict, shard=shard,
+        start_after=start_after, progress=progress,
         workers=worker_count(workers, source.keyring, target.keyring),
-        progress=progress,
-    )
+    )  # fmt: skip
 
 
 def verify(
@@ -255,9 +233,8 @@ def verify(
         return SKIP
 
     report = ColumnReport(table.fullname, col.name, dry_run=True, operation="verify")
-    read = [col, *contexts.columns]
-    return walk_column(
-        bind, table, read, read, col, contexts.adapt(transform, 1), report,
+    return walk_values(
+        bind, contexts, [col], [col], col, transform, report,
         batch_size=batch_size, dry_run=True, strict=strict, shard=shard,
         start_after=start_after, workers=worker_count(workers, encryptor.keyring),
         progress=progress,

@@ -18,10 +18,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..context import EncryptionContext
 from ..errors import ConfigurationError, DecryptionError, InvalidValueError
+from ..rows.walking import RowContexts
 from ..schema_binding import schema_under, translation_of
 
-__all__ = ["SKIP", "ColumnReport", "Shard", "count_rows", "raw_type", "walk_column"]
+__all__ = ["SKIP", "ColumnReport", "Shard", "count_rows", "raw_type", "walk_column", "walk_values"]
 
 log = logging.getLogger("sqla_envelope.walk")
 
@@ -293,6 +295,29 @@ def walk_column(
         if pool is not None:
             pool.shutdown(wait=True)
     return report
+
+
+def walk_values(
+    bind: Engine | Connection,
+    contexts: RowContexts,
+    read: Sequence[sa.Column[Any]],
+    guard: Sequence[sa.Column[Any]],
+    write: sa.Column[Any],
+    transform: Callable[[tuple[Any, ...], EncryptionContext], Any],
+    report: ColumnReport,
+    **options: Any,
+) -> ColumnReport:
+    """``walk_column`` over an encrypted column's values, each with its row's context.
+
+    ``transform`` gets the values of ``read`` and the row's context
+    (rows/walking.py); the columns the values are bound to are read and guarded
+    too, so a row whose tenant changes meanwhile is left for the next run.
+    """
+    width = len(read)
+    read, guard = [*read, *contexts.columns], [*guard, *contexts.columns]
+    table = read[0].table
+    adapted = contexts.adapt(transform, width)
+    return walk_column(bind, table, read, guard, write, adapted, report, **options)
 
 
 def _as_stored(column: Any) -> Any:
