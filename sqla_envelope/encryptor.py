@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
 from time import perf_counter
 from typing import Any, Literal, get_args
@@ -394,6 +394,11 @@ class Encryptor:
             return done + sum(future.result() for future in futures)
         except BaseException:
             batch.failed = True  # the unwraps not yet started stop at once
+            # and those under way end before this call does: a later read would
+            # otherwise join one of them, and be given its failure.
+            for future in futures:
+                future.cancel()
+            wait(futures)
             raise
 
     def _prefetch_one(

@@ -441,3 +441,49 @@ def test_has_key_for_tells_a_cached_key_from_one_the_keyring_must_give() -> None
     assert not enc.has_key_for(b"not an envelope")
     enc.clear_cache()
     assert not enc.has_key_for(envelope)
+
+
+class _OneTenantDownKeyring(LocalKeyring):
+    """Refuses tenant "a" once tenant "b"'s slower unwrap is under way; counts those running."""
+
+    unwraps_in_memory = False
+
+    def __init__(self) -> None:
+        super().__init__({"k1": b"\x11" * 32})
+        self.refusing = False
+        self.running = 0
+        self.b_started = threading.Event()
+        self._lock = threading.Lock()
+
+    def unwrap_data_key(
+        self, wrapped_keys: Sequence[WrappedKey], context: EncryptionContext
+    ) -> bytes:
+        if self.refusing and context["t"] == "a":
+            self.b_started.wait(5)
+            raise KeyringError("tenant a's key service is down")
+        with self._lock:
+            self.running += 1
+        self.b_started.set()
+        try:
+            if self.refusing:
+                threading.Event().wait(0.3)  # a key service's round trip, still under way
+            return super().unwrap_data_key(wrapped_keys, context)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_a_failed_unwrap_grouped_returns_only_when_its_other_unwraps_have_ended() -> None:
+    # A read that fails must not leave its other requests running behind it: a
+    # later read would join them, and get a failure the key service no longer gives.
+    keyring = _OneTenantDownKeyring()
+    enc = Encryptor(keyring, max_workers=4)
+    a, b = {"t": "a"}, {"t": "b"}
+    groups = [([enc.encrypt(b"a", a)], a), ([enc.encrypt(b"b", b)], b)]
+    enc.clear_cache()
+    keyring.b_started.clear()
+    keyring.refusing = True
+    with pytest.raises(KeyringError, match="down"):
+        enc.unwrap_grouped(groups)
+    assert keyring.b_started.is_set()
+    assert keyring.running == 0
