@@ -356,7 +356,11 @@ def test_allow_plaintext_reads_legacy_values_through_the_decorator(
     _table(metadata, sa.Column("phone", sa.LargeBinary))
     metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO decorated VALUES (1, :p)"), {"p": b"+15555555555"})
+        # Columns named: a pooled SQLite connection that last saw the previous test's
+        # three-column "decorated" compiles a bare VALUES against that stale schema.
+        conn.execute(
+            sa.text("INSERT INTO decorated (id, phone) VALUES (1, :p)"), {"p": b"+15555555555"}
+        )
     reading = sa.Table(
         "decorated",
         sa.MetaData(),
