@@ -525,7 +525,7 @@ class TestVerify:
         ("option", "value"), [("--batch-size", "0"), ("--progress-interval", "-5")]
     )
     def test_bad_run_options_are_refused_before_any_work(self, option: str, value: str) -> None:
-        # the same checks as the sqla-envelope command line (cli_ops.run_options)
+        # the same checks as the sqla-envelope command line (cli.maintenance.run_options)
         with pytest.raises(CommandError, match=f"argument {option}: '{value}' is not a"):
             run("envelope_rewrap", "--attribute", ATTRIBUTE, option, value)
 

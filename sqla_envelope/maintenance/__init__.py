@@ -4,7 +4,7 @@ walk.py walks a table in primary-key order, a batch per transaction, and writes
 back only what nobody changed meanwhile; rotation.py moves values to other keys
 (rewrap, reencrypt) or checks them (verify); columns.py moves a column between
 plaintext and envelopes (encrypt_column, decrypt_column). The CLI's column
-commands (cli_ops.py) and reindex (search/) run on it.
+commands (cli/maintenance.py) and reindex (search/) run on it.
 """
 
 from __future__ import annotations

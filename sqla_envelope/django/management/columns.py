@@ -26,8 +26,8 @@ from django.core.management.base import (  # type: ignore[import-untyped]
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
-from ...cli_job import UsageError, describe, json_context
-from ...cli_ops import run_options
+from ...cli.job import UsageError, describe, json_context
+from ...cli.maintenance import run_options
 from ...errors import ConfigurationError, DecryptionError, EnvelopeError
 from ...maintenance.rotation import encrypted_column
 from ...maintenance.walk import ColumnReport, count_rows

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ....cli_job import LOGICAL
+from ....cli.job import LOGICAL
 from ....maintenance.columns import encrypt_column
 from ..columns import ColumnCommand, Operation, Target
 

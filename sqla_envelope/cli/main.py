@@ -1,7 +1,7 @@
 """The ``sqla-envelope`` command: a demo, local key files, envelope inspection.
 
 The column commands (rewrap, reencrypt, encrypt-column, decrypt-column, verify)
-live in cli_ops.py. Errors from the library or the file system end as one line
+live in maintenance.py. Errors from the library or the file system end as one line
 on stderr and exit code 1; usage errors exit 2, as argparse does. Nothing here
 prints key bytes.
 """
@@ -20,17 +20,17 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
+from .._version import __version__
+from ..envelope import TAG_SIZE, Envelope, unpack
+from ..errors import EnvelopeError, MalformedEnvelopeError
+from ..keyrings.local import LocalKeyring
 from . import demo
-from ._version import __version__
-from .cli_index import add_index_commands
-from .cli_job import PROG, describe, fail
-from .cli_kms import add_kms_commands
-from .cli_ops import add_commands
-from .cli_secrets import add_secrets_commands
-from .cli_tenants import add_tenants_commands
-from .envelope import TAG_SIZE, Envelope, unpack
-from .errors import EnvelopeError, MalformedEnvelopeError
-from .keyrings.local import LocalKeyring
+from .index import add_index_commands
+from .job import PROG, describe, fail
+from .kms import add_kms_commands
+from .maintenance import add_commands
+from .secrets import add_secrets_commands
+from .tenants import add_tenants_commands
 
 __all__ = ["decode_value", "main"]
 

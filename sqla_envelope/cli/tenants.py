@@ -15,10 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .cli_index import handled, import_attribute, key_options, keyring_of
-from .cli_job import PROG, UsageError, _engine
-from .tenants import DEFAULT_TABLE, SqlBranchKeyStore, TenantKeyring, create_branch_key_table
-from .tenants.keyring import shred
+from ..tenants import DEFAULT_TABLE, SqlBranchKeyStore, TenantKeyring, create_branch_key_table
+from ..tenants.keyring import shred
+from .job import PROG, UsageError, engine_for
+from .options import handled, import_attribute, key_options, keyring_of
 
 __all__ = ["add_tenants_commands"]
 
@@ -30,7 +30,7 @@ def _store(args: argparse.Namespace) -> SqlBranchKeyStore:
     url = args.url or os.environ.get(ENV_URL)
     if not url:
         raise UsageError(f"--url (or {ENV_URL}) names the database")
-    return SqlBranchKeyStore(_engine(url), args.table)
+    return SqlBranchKeyStore(engine_for(url), args.table)
 
 
 def _metadata(spec: str) -> sa.MetaData:
@@ -92,7 +92,7 @@ def _cmd_shred(args: argparse.Namespace) -> int:
             "unreadable. Look first with --dry-run, then pass --yes"
         )
     metadata = _metadata(args.metadata) if args.metadata else None
-    data = _engine(args.data_url) if args.data_url else None
+    data = engine_for(args.data_url) if args.data_url else None
     store = _store(args)
     report = shred(
         store, args.tenant, field=args.field, dry_run=args.dry_run, metadata=metadata, bind=data

@@ -33,16 +33,16 @@ from sqlalchemy.exc import (
     StatementError,
 )
 
-from .context import EncryptionContext
-from .encryptor import Encryptor
-from .envelope import WrappedKey
-from .errors import ConfigurationError, DecryptionError, EnvelopeError, KeyringError
-from .keyrings.base import DataKey, Keyring
-from .keyrings.kms import KmsKeyring
-from .keyrings.local import LocalKeyring
-from .maintenance.walk import ColumnReport, Shard, count_rows
-from .progress import RunDisplay, format_key
-from .types import EncryptedType
+from ..context import EncryptionContext
+from ..encryptor import Encryptor
+from ..envelope import WrappedKey
+from ..errors import ConfigurationError, DecryptionError, EnvelopeError, KeyringError
+from ..keyrings.base import DataKey, Keyring
+from ..keyrings.kms import KmsKeyring
+from ..keyrings.local import LocalKeyring
+from ..maintenance.walk import ColumnReport, Shard, count_rows
+from ..progress import RunDisplay, format_key
+from ..types import EncryptedType
 
 __all__ = [
     "LOGICAL",
@@ -250,7 +250,7 @@ class Job:
     def connect(self) -> None:
         """Open the database and reflect the table."""
         args = self.args
-        self._engine = engine = _engine(args.url)
+        self._engine = engine = engine_for(args.url)
         self.stack.callback(engine.dispose)
         try:
             self._reflected = sa.Table(
@@ -262,7 +262,7 @@ class Job:
         pk = list(self._reflected.primary_key)
         if not pk:
             raise ConfigurationError(f"table {args.table!r} has no primary key to walk in order")
-        self.start_after = _start_after(getattr(args, "start_after", None), pk)
+        self.start_after = parse_start_after(getattr(args, "start_after", None), pk)
 
     def column(self, name: str) -> sa.Column[Any]:
         """A reflected column that is not part of the primary key."""
@@ -392,7 +392,7 @@ def _shard(text: str | None) -> Shard | None:
         raise UsageError(f"--shard {text}: {exc}") from None
 
 
-def _start_after(text: str | None, pk: list[sa.Column[Any]]) -> tuple[Any, ...] | None:
+def parse_start_after(text: str | None, pk: list[sa.Column[Any]]) -> tuple[Any, ...] | None:
     """--start-after as a key tuple: what progress.format_key writes, read back."""
     if text is None:
         return None
@@ -427,7 +427,7 @@ def _key_value(part: Any, column: sa.Column[Any]) -> Any:
         ) from None
 
 
-def _engine(url_text: str) -> Engine:
+def engine_for(url_text: str) -> Engine:
     try:
         url = make_url(url_text)
     except (ArgumentError, ValueError):

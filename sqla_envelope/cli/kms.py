@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 
-from .cli_index import handled
-from .cli_job import PROG, UsageError
-from .errors import ConfigurationError
-from .keyrings.kms_setup import ensure_key, key_policy
+from ..errors import ConfigurationError
+from ..keyrings.kms_setup import ensure_key, key_policy
+from .job import PROG, UsageError
+from .options import handled
 
 __all__ = ["add_kms_commands"]
 

@@ -13,15 +13,15 @@ import argparse
 import os
 from typing import Any
 
-from .cli_index import keyring_of
-from .cli_job import UsageError, fail
-from .errors import ConfigurationError
-from .keyrings.base import Keyring
-from .keyrings.kms import KmsKeyring
-from .secrets import SecretStore
-from .secrets.aws import aws_session, kms_region_of, region_of
-from .secrets.credstash_export import export_credstash
-from .secrets.credstash_import import DEFAULT_KMS_KEY, import_credstash, scan_credstash_table
+from ..errors import ConfigurationError
+from ..keyrings.base import Keyring
+from ..keyrings.kms import KmsKeyring
+from ..secrets import SecretStore
+from ..secrets.aws import aws_session, kms_region_of, region_of
+from ..secrets.credstash_export import export_credstash
+from ..secrets.credstash_import import DEFAULT_KMS_KEY, import_credstash, scan_credstash_table
+from .job import UsageError, fail
+from .options import keyring_of
 
 __all__ = [
     "aws_options",

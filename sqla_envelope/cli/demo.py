@@ -18,12 +18,12 @@ from sqlalchemy import JSON, Date, String, create_engine, func, inspect, select,
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .encryptor import Encryptor, configure, get_default_encryptor
-from .envelope import unpack
-from .errors import ConfigurationError, UnsupportedComparisonError
-from .keyrings.local import LocalKeyring
-from .search import BlindIndex, reindex
-from .types import EncryptedType
+from ..encryptor import Encryptor, configure, get_default_encryptor
+from ..envelope import unpack
+from ..errors import ConfigurationError, UnsupportedComparisonError
+from ..keyrings.local import LocalKeyring
+from ..search import BlindIndex, reindex
+from ..types import EncryptedType
 
 __all__ = ["Patient", "run"]
 

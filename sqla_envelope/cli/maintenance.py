@@ -1,7 +1,7 @@
 """The column commands of ``sqla-envelope``: rewrap, reencrypt, encrypt/decrypt-column, verify.
 
 Each handler picks its keys and the logical type of its column, then hands the
-rotation or migration function to a Job (cli_job.py), which reflects the table,
+rotation or migration function to a Job (job.py), which reflects the table,
 shows progress and turns the report into the exit code: 0 when every row was
 fine, 1 when a row failed or an error stopped the run, 2 for usage errors.
 """
@@ -17,13 +17,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from .cli_job import EXAMPLE_URL as _URL
-from .cli_job import LOGICAL, PROG, EitherKeyring, Job, UsageError, describe, fail, json_context
-from .codecs import codec_for
-from .errors import EnvelopeError
-from .keyrings.base import Keyring
-from .maintenance.columns import IN_PLACE_TYPES, decrypt_column, encrypt_column
-from .maintenance.rotation import reencrypt, rewrap_column, verify
+from ..codecs import codec_for
+from ..errors import EnvelopeError
+from ..keyrings.base import Keyring
+from ..maintenance.columns import IN_PLACE_TYPES, decrypt_column, encrypt_column
+from ..maintenance.rotation import reencrypt, rewrap_column, verify
+from .job import EXAMPLE_URL as _URL
+from .job import LOGICAL, PROG, EitherKeyring, Job, UsageError, describe, fail, json_context
 
 __all__ = [
     "ENV_ENDPOINT_URL",

@@ -10,53 +10,23 @@ application's model (``package.module:Model.attribute``), because the index's
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
 from typing import Any
 
-from .cli_job import PROG, UsageError, _engine, _start_after, fail
-from .cli_ops import run_options
-from .encryptor import Encryptor, configure
-from .errors import ConfigurationError
-from .keyrings.base import Keyring
-from .keyrings.kms import KmsKeyring
-from .keyrings.local import LocalKeyring
-from .maintenance.walk import ColumnReport, Shard
-from .search.planning import measure
-from .search.reindex import index_column, reindex_column
+from ..encryptor import Encryptor, configure
+from ..errors import ConfigurationError
+from ..maintenance.walk import ColumnReport, Shard
+from ..search.planning import measure
+from ..search.reindex import index_column, reindex_column
+from .job import PROG, UsageError, engine_for, parse_start_after
+from .maintenance import run_options
+from .options import handled, import_attribute, key_options, keyring_of
 
-__all__ = [
-    "ENV_INDEX_KEY",
-    "add_index_commands",
-    "handled",
-    "import_attribute",
-    "key_options",
-    "keyring_of",
-]
+__all__ = ["ENV_INDEX_KEY", "add_index_commands"]
 
 ENV_INDEX_KEY = "SQLA_ENVELOPE_INDEX_KEY"
-_KEY_ENV = {
-    "key_file": "SQLA_ENVELOPE_KEY_FILE",
-    "kms_key_id": "SQLA_ENVELOPE_KMS_KEY_ID",
-    "region": "SQLA_ENVELOPE_KMS_REGION",
-    "endpoint_url": "SQLA_ENVELOPE_KMS_ENDPOINT_URL",
-}
-
-
-def keyring_of(args: argparse.Namespace) -> Keyring:
-    key_file = args.key_file or os.environ.get(_KEY_ENV["key_file"])
-    kms_key_id = args.kms_key_id or os.environ.get(_KEY_ENV["kms_key_id"])
-    if bool(key_file) == bool(kms_key_id):
-        raise UsageError("give exactly one of --key-file and --kms-key-id")
-    if key_file:
-        return LocalKeyring.from_file(key_file)
-    return KmsKeyring(
-        kms_key_id,  # type: ignore[arg-type]
-        region_name=args.region or os.environ.get(_KEY_ENV["region"]),
-        endpoint_url=args.endpoint_url or os.environ.get(_KEY_ENV["endpoint_url"]),
-    )
 
 
 def _cmd_index_key_new(args: argparse.Namespace) -> int:
@@ -71,24 +41,6 @@ def _model_attribute(spec: str) -> Any:
     return import_attribute(spec, "--model")
 
 
-def import_attribute(spec: str, flag: str) -> Any:
-    """``package.module:name.name`` -> that object of the application; UsageError otherwise."""
-    module_name, _, path = spec.partition(":")
-    if not module_name or not path:
-        raise UsageError(f"{flag} takes package.module:attribute")
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # the application's package, from where the command runs
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"{flag}: cannot import {module_name!r}: {exc}") from None
-    for name in path.split("."):
-        if not hasattr(target, name):
-            raise UsageError(f"{flag}: {module_name}:{path} has no {name!r}")
-        target = getattr(target, name)
-    return target
-
-
 def _with_model(args: argparse.Namespace, run: Any) -> Any:
     """``run(engine, attribute)`` with the database, the model and the keys of ``args``."""
     url = args.url or os.environ.get("SQLA_ENVELOPE_URL")
@@ -97,7 +49,7 @@ def _with_model(args: argparse.Namespace, run: Any) -> Any:
     index_key = getattr(args, "index_key", None) or os.environ.get(ENV_INDEX_KEY)
     attribute = _model_attribute(args.model)
     configure(Encryptor(keyring_of(args), index_key=index_key))
-    engine = _engine(url)
+    engine = engine_for(url)
     try:
         return run(engine, attribute)
     finally:
@@ -138,7 +90,7 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             strict=args.strict,
             shard=shard,
-            start_after=_start_after(args.start_after, pk),
+            start_after=parse_start_after(args.start_after, pk),
             progress=progress,
         )
 
@@ -147,41 +99,6 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
     for key, reason in report.failures:
         print(f"  failed: row {key}: {reason}", file=sys.stderr)
     return 1 if report.failed else 0
-
-
-def handled(handler: Any) -> Any:
-    """A command handler whose UsageError is one line on stderr and exit code 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(handler(args))
-        except UsageError as exc:
-            return fail(str(exc), 2)
-
-    return run
-
-
-def key_options(
-    parser: argparse.ArgumentParser,
-    *,
-    kms_flags: tuple[str, ...] = ("--kms-key-id",),
-    region_flags: tuple[str, ...] = ("--region",),
-) -> None:
-    """The keyring options every command shares (credstash spells two of them -k and -r)."""
-    keys = parser.add_argument_group("keys (or the environment variables in brackets)")
-    keys.add_argument("--key-file", metavar="PATH", help=f"local key file [{_KEY_ENV['key_file']}]")
-    keys.add_argument(
-        *kms_flags,
-        dest="kms_key_id",
-        metavar="ID",
-        help=f"AWS KMS key id, ARN or alias [{_KEY_ENV['kms_key_id']}]",
-    )
-    keys.add_argument(
-        *region_flags, dest="region", metavar="NAME", help=f"AWS region [{_KEY_ENV['region']}]"
-    )
-    keys.add_argument(
-        "--endpoint-url", metavar="URL", help=f"KMS endpoint [{_KEY_ENV['endpoint_url']}]"
-    )
 
 
 def _group(

@@ -22,7 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli_credstash import (
+from ..encryptor import Encryptor
+from ..errors import ConfigurationError, EnvelopeError, SecretNotFound
+from ..secrets import SecretStore
+from ..secrets.aws import save_kms_region
+from ..secrets.formats import FORMATS, UnprintableSecretError, render, text_of, variable_name
+from .credstash import (
     aws_options,
     credstash_options,
     export_command,
@@ -30,13 +35,8 @@ from .cli_credstash import (
     keyring_from,
     reencrypt_command,
 )
-from .cli_index import handled, key_options
-from .cli_job import PROG, UsageError, _engine, fail
-from .encryptor import Encryptor
-from .errors import ConfigurationError, EnvelopeError, SecretNotFound
-from .secrets import SecretStore
-from .secrets.aws import save_kms_region
-from .secrets.formats import FORMATS, UnprintableSecretError, render, text_of, variable_name
+from .job import PROG, UsageError, engine_for, fail
+from .options import handled, key_options
 
 __all__ = ["add_secrets_commands"]
 
@@ -97,7 +97,7 @@ def _store(args: argparse.Namespace) -> SecretStore:
         or os.environ.get("CREDSTASH_DEFAULT_TABLE")  # credstash's -t default
         or "credential_store"
     )
-    return SecretStore(_engine(url), Encryptor(keyring_from(args)), table=table)
+    return SecretStore(engine_for(url), Encryptor(keyring_from(args)), table=table)
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:
