@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -264,3 +265,25 @@ def test_credstash_options_parse_with_their_meaning(  # 40, and 23 for getall -v
     code, out, err = run(capsys, "getall", "-v", "2")  # y has no version 2: fails fast
     assert code == 1 and out == "" and "'y' version 2 not found" in err
     assert run(capsys, "get", "--log-file", "x.log", "x")[0] == 2  # no log file, ever
+
+
+def test_log_level_shows_each_key_use_on_stderr_and_never_a_value(
+    cli: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # credstash's --log-level, before or after the command; its --log-file is refused.
+    handlers = list(logging.getLogger("sqla_envelope").handlers)
+    assert run(capsys, "put", "app.token", "s3cr3t-value", "env=prod")[0] == 0
+    code, out, err = run(capsys, "--log-level", "INFO", "get", "app.token", "env=prod")
+    assert (code, out) == (0, "s3cr3t-value\n")
+    assert "INFO sqla_envelope.audit: unwrap " in err and "env=prod" in err and "key=k1" in err
+    code, out, err = run(
+        capsys, "put", "--log-level", "debug", "app.token", "other-value", "env=prod"
+    )
+    assert code == 0 and "INFO sqla_envelope.audit: wrap " in err
+    logged = err + run(capsys, "--log-level", "DEBUG", "getall", "env=prod")[2]
+    assert "s3cr3t" not in logged and "other-value" not in logged
+    assert run(capsys, "get", "app.token", "env=prod")[2] == ""  # the next run logs nothing
+    assert logging.getLogger("sqla_envelope").handlers == handlers
+    code, _, err = run(capsys, "--log-level", "LOUD", "keys")
+    assert code == 2 and "invalid choice" in err
+    assert sorted(p.name for p in cli.iterdir()) == ["app.keys.json"]  # no log file, ever

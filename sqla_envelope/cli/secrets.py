@@ -12,8 +12,10 @@ partial ``getall --skip-undecryptable``. No plaintext in any error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
+import logging
 import os
 import re
 import subprocess
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..audit import log_events
 from ..encryptor import Encryptor
 from ..errors import ConfigurationError, EnvelopeError, SecretNotFound
 from ..secrets import SecretStore
@@ -97,7 +100,11 @@ def _store(args: argparse.Namespace) -> SecretStore:
         or os.environ.get("CREDSTASH_DEFAULT_TABLE")  # credstash's -t default
         or "credential_store"
     )
-    return SecretStore(engine_for(url), Encryptor(keyring_from(args)), table=table)
+    # With --log-level INFO or DEBUG, every key wrap and unwrap is logged (key, table,
+    # context; never a value), which is what credstash users look for in theirs.
+    logging_keys = getattr(args, "log_level", None) in ("DEBUG", "INFO")
+    encryptor = Encryptor(keyring_from(args), listeners=[log_events()] if logging_keys else ())
+    return SecretStore(engine_for(url), encryptor, table=table)
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:
@@ -290,6 +297,52 @@ def _printable(handler: Any) -> Any:
     return run
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(level: str | None) -> Any:
+    """credstash's --log-level: sqla-envelope's own logs on stderr for one run, no file.
+
+    Only the ``sqla_envelope`` loggers: botocore's DEBUG logs carry request
+    signatures and session tokens, which a user turning on "debug" did not ask
+    to print.
+    """
+    if level is None:
+        yield
+        return
+    logger = logging.getLogger("sqla_envelope")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    before = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+
+
+def _logged(handler: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        with _logging_to_stderr(getattr(args, "log_level", None)):
+            return int(handler(args))
+
+    return run
+
+
+def _log_level_option(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=default,
+        type=str.upper,
+        help="show sqla-envelope's logs at this level on stderr (INFO: every key wrap and "
+        "unwrap); never a file",
+    )
+
+
 def add_secrets_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     formatter: type[argparse.HelpFormatter],
@@ -306,6 +359,7 @@ def add_secrets_commands(
         "--prefix app. env=prod -- ./run-app",
     )
     aws_options(secrets, subcommand=False)
+    _log_level_option(secrets, None)
     sub = secrets.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     def command(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
@@ -321,7 +375,8 @@ def add_secrets_commands(
         )
         key_options(parser, kms_flags=("-k", "--kms-key-id"), region_flags=("--kms-region",))
         aws_options(parser)
-        parser.set_defaults(handler=handled(_printable(handler)))
+        _log_level_option(parser, argparse.SUPPRESS)  # given before the command, kept
+        parser.set_defaults(handler=handled(_logged(_printable(handler))))
         return parser
 
     def context_argument(parser: argparse.ArgumentParser) -> None:
