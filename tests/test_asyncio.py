@@ -633,3 +633,48 @@ class TestTenantKeyringUnderAsyncio:
         keys_engine.dispose()
         assert len(master_threads) == 3  # one unwrap per tenant's branch key
         assert loop_thread[0] not in master_threads  # never on the event loop's thread
+
+    def test_a_cached_tenants_writes_stay_on_the_loop_and_its_key_load_does_not(
+        self, url: sa.URL, tmp_path: Path
+    ) -> None:
+        """A thread hop per row cost three times the wrap: only a branch key load hops."""
+        from sqla_envelope.tenants import TenantKeyring, create_branch_key_table
+
+        keys_engine = sa.create_engine(f"sqlite:///{tmp_path / 'keys.db'}")
+        create_branch_key_table(keys_engine)
+        loads: list[int] = []  # threads where a data key needed the branch key store
+        in_memory: list[int] = []  # threads where it was made under a cached branch key
+
+        class WatchedKeyring(TenantKeyring):
+            def generate_data_key(self, context: Any) -> Any:
+                loads.append(threading.get_ident())
+                return super().generate_data_key(context)
+
+            def generate_data_key_in_memory(self, context: Any) -> Any:
+                made = super().generate_data_key_in_memory(context)
+                if made is not None:
+                    in_memory.append(threading.get_ident())
+                return made
+
+        sqla_envelope.configure(Encryptor(WatchedKeyring(LocalKeyring.generate(), keys_engine)))
+
+        async def scenario() -> int:
+            async with _database(url, tenant_metadata) as engine:
+                for first in (0, 30):  # a new tenant's key is made, then it is cached
+                    async with engine.begin() as conn:
+                        await conn.execute(
+                            TENANT_NOTES.insert(),
+                            [
+                                {"id": first + i, "tenant_id": i % 3, "body": f"note {i}"}
+                                for i in range(30)
+                            ],
+                        )
+                async with engine.connect() as conn:
+                    rows = (await conn.execute(sa.select(TENANT_NOTES))).all()
+                assert sorted(r.body for r in rows) == sorted(f"note {i % 30}" for i in range(60))
+            return threading.get_ident()
+
+        loop_thread = asyncio.run(scenario())
+        keys_engine.dispose()
+        assert len(loads) == 3 and loop_thread not in loads  # one load per tenant, off the loop
+        assert len(in_memory) == 57 and set(in_memory) == {loop_thread}

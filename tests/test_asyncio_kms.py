@@ -211,6 +211,47 @@ class TestOffTheLoop:
         assert sorted(op for op, _ in sends.sent) == ["Decrypt"] * 4 + ["GenerateDataKey"] * 4
         assert loop_thread not in sends.threads()
 
+    def test_bounded_reuse_wraps_on_the_loop_while_a_wrapping_key_is_at_hand(
+        self, url: sa.URL, kms: Kms, sends: Sends
+    ) -> None:
+        """A thread hop per value cost eight times the wrap: only a KMS call hops."""
+        keyring = kms.keyring(mode="bounded_reuse", max_rows=4)
+        generated: list[int] = []  # threads of the calls that may need KMS
+        in_memory: list[int] = []  # threads of the values wrapped under a key at hand
+        generate, at_hand = keyring.generate_data_key, keyring.generate_data_key_in_memory
+
+        def watched_generate(context: Any) -> Any:
+            generated.append(threading.get_ident())
+            return generate(context)
+
+        def watched_at_hand(context: Any) -> Any:
+            made = at_hand(context)
+            if made is not None:
+                in_memory.append(threading.get_ident())
+            return made
+
+        keyring.generate_data_key = watched_generate  # type: ignore[method-assign]
+        keyring.generate_data_key_in_memory = watched_at_hand  # type: ignore[method-assign]
+        _configure(keyring)
+
+        async def scenario() -> int:
+            async with _database(url, Base.metadata) as engine:
+                async with AsyncSession(engine) as session:
+                    session.add_all(_patients(1, 12))
+                    await session.commit()  # three wrapping keys, made ahead off the loop
+                async with AsyncSession(engine) as session:
+                    session.add(Patient(id=13, name="Bo", national_id="B13"))
+                    await session.commit()  # the keys are used up: a new one, off the loop
+                async with AsyncSession(engine) as session:
+                    assert len(await _national_ids(session)) == 13
+            return threading.get_ident()
+
+        loop_thread = asyncio.run(scenario())
+        assert set(in_memory) == {loop_thread} and len(in_memory) == 12
+        assert len(generated) == 1 and loop_thread not in generated
+        assert [op for op, _ in sends.sent].count("GenerateDataKey") == 4
+        assert loop_thread not in sends.threads()
+
     def test_the_loop_serves_other_tasks_while_a_kms_request_is_held(
         self, url: sa.URL, kms: Kms, sends: Sends
     ) -> None:

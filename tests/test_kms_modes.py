@@ -101,6 +101,28 @@ def test_bounded_reuse_renews_the_wrapping_key_after_max_age(
     assert recorder.operations().count("GenerateDataKey") == 2
 
 
+def test_a_wrapping_key_at_hand_makes_data_keys_in_memory_and_is_never_waited_for(
+    key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder
+) -> None:
+    # What the Encryptor asks first under asyncio, to wrap on the event loop.
+    keyring = new_keyring(key.arn, mode="bounded_reuse", max_rows=3)
+    context = EncryptionContext(USERS_SSN)
+    assert keyring.generate_data_key_in_memory(context) is None  # none at hand yet
+    assert recorder.operations() == []  # and asking made no call
+    keyring.generate_data_key(context)  # a GenerateDataKey: the wrapping key's first use
+    made = [keyring.generate_data_key_in_memory(context) for _ in range(3)]
+    assert made[2] is None  # max_rows used up: the next one needs KMS
+    assert recorder.operations() == ["GenerateDataKey"]
+    for data_key in made[:2]:
+        assert data_key is not None
+        assert keyring.unwrap_data_key(data_key.wrapped_keys, context) == data_key.plaintext
+    keyring.generate_data_key(context)
+    with keyring._reuse._lock:  # as a thread waiting on KMS for a new wrapping key holds it
+        assert keyring.generate_data_key_in_memory(context) is None  # at once, not a wait
+    assert keyring.generate_data_key_in_memory(context) is not None
+    assert new_keyring(key.arn).generate_data_key_in_memory(context) is None  # direct mode
+
+
 def test_clear_cache_forgets_the_wrapping_keys_too(
     key: Key, new_keyring: Callable[..., KmsKeyring], recorder: Recorder
 ) -> None:

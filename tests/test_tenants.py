@@ -153,6 +153,25 @@ class TestBranchKeys:
         assert len(_read_all(engine, patient)) == 20
         assert master.unwraps == 4
 
+    def test_a_data_key_is_made_in_memory_only_under_a_cached_branch_key(
+        self, tenants: TenantKeyring, clock: Clock
+    ) -> None:
+        # What the Encryptor asks first under asyncio, to stay on the event loop.
+        acme = EncryptionContext({"tenant_id": "acme"})
+        assert tenants.generate_data_key_in_memory(acme) is None  # no key loaded yet
+        tenants.generate_data_key(acme)
+        made = tenants.generate_data_key_in_memory(acme)
+        assert made is not None
+        assert tenants.unwrap_data_key(made.wrapped_keys, acme) == made.plaintext
+        assert tenants.generate_data_key_in_memory(EncryptionContext({"other": "x"})) is None
+        clock.now += 61
+        assert tenants.generate_data_key_in_memory(acme) is None  # past the TTL: a load
+        tenants.generate_data_key(acme)
+        tenants.shred("acme")
+        assert tenants.generate_data_key_in_memory(acme) is None
+        with pytest.raises(TenantShreddedError):
+            tenants.generate_data_key(acme)
+
     def test_value_copied_to_another_tenants_row_fails(
         self, engine: sa.Engine, patient: Any
     ) -> None:

@@ -104,12 +104,36 @@ class ReuseKeys:
         """
         with self._lock:
             lane = self._lane(context)
-            current = lane.current
-            if current is None or lane.uses >= self.max_rows or self._clock() >= current.expires:
-                current = self._next_ready(lane) or self._generate(context)
-                lane.current, lane.uses = current, 0
-            lane.uses += 1
+            current = self._take_ready(lane)
+            if current is None:
+                current = self._generate(context)
+                lane.current, lane.uses = current, 1
             return current
+
+    def current_if_ready(self, context: EncryptionContext) -> WrappingKey | None:
+        """``current``, when that needs no KMS call and no wait for the lock; else None.
+
+        What a write on an asyncio event loop asks first: None (nothing counted)
+        sends it to ``current`` on a worker thread, where waiting is harmless.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None  # held by a thread that may be waiting on KMS
+        try:
+            lane = self._lanes.get(context.canonical)
+            return None if lane is None else self._take_ready(lane)
+        finally:
+            self._lock.release()
+
+    def _take_ready(self, lane: _Lane) -> WrappingKey | None:
+        """The lane's wrapping key for one more value, counted; None if KMS must make one."""
+        current = lane.current
+        if current is None or lane.uses >= self.max_rows or self._clock() >= current.expires:
+            current = self._next_ready(lane)
+            if current is None:
+                return None
+            lane.current, lane.uses = current, 0
+        lane.uses += 1
+        return current
 
     def reserve(self, context: EncryptionContext, count: int) -> None:
         """Generate now, concurrently, the wrapping keys ``count`` more values will need.

@@ -203,6 +203,21 @@ class KmsKeyring:
             return self._pool.take(context)
         return self._generate_direct(context)
 
+    def generate_data_key_in_memory(self, context: EncryptionContext) -> DataKey | None:
+        """In bounded reuse, ``generate_data_key`` if a wrapping key is at hand; else None.
+
+        Then no KMS call is needed, and under asyncio the Encryptor wraps on the
+        event loop instead of paying a thread hop (about 80 us) per value; None,
+        and always in direct mode, sends the call off the loop.
+        """
+        if self.mode != "bounded_reuse":
+            return None
+        wrapping = self._reuse.current_if_ready(context)
+        if wrapping is None:
+            return None
+        data_key = random_bytes(DATA_KEY_SIZE)
+        return DataKey(data_key, _wrapped_under(wrapping, data_key, context))
+
     def reserve_data_keys(self, context: EncryptionContext, count: int) -> None:
         """Start generating ``count`` data keys ahead, for a statement about to write them.
 
@@ -334,9 +349,7 @@ class KmsKeyring:
     # -- bounded reuse -----------------------------------------------------------
 
     def _wrap_locally(self, data_key: bytes, context: EncryptionContext) -> tuple[WrappedKey, ...]:
-        wrapping = self._reuse.current(context)
-        local_wrap = wrapping.wrapper.wrap(data_key, context.canonical)
-        return tuple(WrappedKey(arn, reuse_blob(kms, local_wrap)) for arn, kms in wrapping.copies)
+        return _wrapped_under(self._reuse.current(context), data_key, context)
 
     def _new_wrapping_key(self, context: EncryptionContext) -> WrappingKey:
         plaintext, copies = self._generate_copies(context)
@@ -518,3 +531,11 @@ def _reset_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_in_child)
+
+
+def _wrapped_under(
+    wrapping: WrappingKey, data_key: bytes, context: EncryptionContext
+) -> tuple[WrappedKey, ...]:
+    """``data_key`` wrapped locally under a bounded-reuse wrapping key, one copy per KMS key."""
+    local_wrap = wrapping.wrapper.wrap(data_key, context.canonical)
+    return tuple(WrappedKey(arn, reuse_blob(kms, local_wrap)) for arn, kms in wrapping.copies)
