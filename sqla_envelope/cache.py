@@ -152,6 +152,10 @@ class KeyCache(Generic[V]):
             return leader.value  # type: ignore[no-any-return]
         return self._lead(key, flight, load, args)
 
+    def put(self, key: Hashable, value: V) -> None:
+        """Cache ``value``, made by the caller rather than loaded (not counted as a miss)."""
+        self._keep(key, value, self._generation)
+
     def load_alone(self, key: Hashable, load: Callable[..., V], *args: Any) -> V:
         """The miss path without single flight, for a load cheaper than sharing it.
 

@@ -105,6 +105,14 @@ class Encryptor:
     the default of 60 seconds covers a failover to a second region's copy;
     raise it with those settings.
 
+    ``cache_written_keys=True`` also caches the data key of each value written,
+    so that reading it back within ``cache_ttl`` (an ORM object expired by
+    ``commit()``, a ``RETURNING``) needs no keyring call: with KMS in direct
+    mode, no ``Decrypt``. Off by default: a writer whose role may only
+    ``GenerateDataKey`` would then read its own values for ``cache_ttl`` and
+    fail after, and each such read leaves no ``Decrypt`` in CloudTrail
+    (docs/kms.md, "Reading back what was written").
+
     Fork-safe: a child process (gunicorn or uWSGI with the app preloaded,
     multiprocessing) starts with the parent's cached keys but none of its unwraps
     in flight, locks or worker threads.
@@ -123,6 +131,7 @@ class Encryptor:
         clock: Callable[[], float] = time.monotonic,
         commitment_policy: CommitmentPolicy = "require_encrypt_allow_decrypt",
         index_key: str | None = None,
+        cache_written_keys: bool = False,
     ) -> None:
         if not isinstance(keyring, Keyring):
             raise ConfigurationError(
@@ -173,6 +182,9 @@ class Encryptor:
         self._wraps = itertools.count()
         self._unwraps = itertools.count()
         self.max_workers = max_workers
+        if not isinstance(cache_written_keys, bool):
+            raise ConfigurationError("cache_written_keys must be True or False")
+        self.cache_written_keys = cache_written_keys
         # Unwrap a query's keys concurrently by default only where unwrapping waits
         # on a network (KMS); a local keyring is CPU-bound and gains nothing.
         self.prefetch = self._remote if prefetch is None else prefetch
@@ -470,6 +482,10 @@ class Encryptor:
             sealed = cipher.encrypt(nonce, plaintext, _V1_AAD_PREFIX + context.canonical)
             return pack_v1(data_key.wrapped_keys, nonce, sealed)
         header = pack_header(data_key.wrapped_keys, commitment)
+        if self.cache_written_keys:
+            # The read path's key for this value, and the cipher it would build
+            # once the commitment checked: this one made the commitment.
+            self._cache.put(header, cipher)
         return header + nonce + cipher.encrypt(nonce, plaintext, header + context.canonical)
 
     @property

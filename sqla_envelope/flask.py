@@ -17,6 +17,8 @@ Flask. Settings, read once by ``init_app``:
   docs/kms.md compares the modes);
 - ``SQLA_ENVELOPE_CACHE_TTL`` and ``SQLA_ENVELOPE_CACHE_SIZE``: the Encryptor's cache
   of unwrapped data keys;
+- ``SQLA_ENVELOPE_CACHE_WRITTEN_KEYS``: ``True`` caches each written value's data key
+  too, so reading it back needs no KMS call (docs/kms.md says what that changes);
 - ``SQLA_ENVELOPE_AUDIT_LOG``: ``True`` writes an INFO record on the
   ``sqla_envelope.audit`` logger for every wrap and unwrap (the application's
   logging configuration decides where it goes);

@@ -38,7 +38,16 @@ MODES = ("local", "direct", "bounded_reuse")
 _KMS_OPTIONS = ("KMS_REGION", "KMS_ENDPOINT_URL", "KMS_ADDITIONAL_KEY_IDS", "KMS_DECRYPT_KEY_IDS")
 _REUSE_OPTIONS = ("MAX_ROWS", "MAX_AGE")
 NAMES = frozenset(
-    {"KEY_FILE", "KMS_KEY_ID", "MODE", "CACHE_TTL", "CACHE_SIZE", "AUDIT_LOG", "INDEX_KEY"}
+    {
+        "KEY_FILE",
+        "KMS_KEY_ID",
+        "MODE",
+        "CACHE_TTL",
+        "CACHE_SIZE",
+        "CACHE_WRITTEN_KEYS",
+        "AUDIT_LOG",
+        "INDEX_KEY",
+    }
     | set(_KMS_OPTIONS)
     | set(_REUSE_OPTIONS)
 )
@@ -66,6 +75,7 @@ class EnvelopeSettings:
     max_age: float | None = None
     cache_ttl: float | None = None
     cache_size: int | None = None
+    cache_written_keys: bool = False
     audit_log: bool = False
     index_key: str | None = None
 
@@ -90,6 +100,7 @@ class EnvelopeSettings:
             self.keyring(),
             listeners=[log_events()] if self.audit_log else [],
             index_key=self.index_key,
+            cache_written_keys=self.cache_written_keys,
             **_given(cache_ttl=self.cache_ttl, cache_size=self.cache_size),
         )
 
@@ -149,6 +160,7 @@ def parse_settings(given: Mapping[str, Any], name: Namer) -> EnvelopeSettings:
         max_age=_setting(given, name, "MAX_AGE", (int, float), "a number of seconds"),
         cache_ttl=_setting(given, name, "CACHE_TTL", (int, float), "a number of seconds"),
         cache_size=_setting(given, name, "CACHE_SIZE", int, "an integer"),
+        cache_written_keys=bool(_setting(given, name, "CACHE_WRITTEN_KEYS", bool, "True or False")),
         audit_log=bool(_setting(given, name, "AUDIT_LOG", bool, "True or False")),
         index_key=_setting(given, name, "INDEX_KEY", str, "the text of Encryptor.new_index_key()"),
     )

@@ -192,6 +192,7 @@ class TestSettings:
                 "MAX_AGE": 60,
                 "CACHE_TTL": 30,
                 "CACHE_SIZE": 100,
+                "CACHE_WRITTEN_KEYS": True,
             }
         )
         encryptor = options.encryptor()
@@ -206,6 +207,7 @@ class TestSettings:
                 "arn:aws:kms:eu-central-1:111122223333:key/replica",
             )
             assert "cache_ttl=30.0, cache_size=100" in repr(encryptor)
+            assert encryptor.cache_written_keys is True
         finally:
             keyring.close()
 

@@ -487,3 +487,26 @@ def test_a_failed_unwrap_grouped_returns_only_when_its_other_unwraps_have_ended(
         enc.unwrap_grouped(groups)
     assert keyring.b_started.is_set()
     assert keyring.running == 0
+
+
+def test_cache_written_keys_serves_a_values_read_back_from_the_cache() -> None:
+    keyring = _keyring()
+    plain = Encryptor(keyring)
+    plain.decrypt(plain.encrypt(b"v", CTX), CTX)
+    assert keyring.unwrap_calls == 1  # by default a value read back is unwrapped
+    enc = Encryptor(keyring, cache_written_keys=True)
+    envelope = enc.encrypt(b"v", CTX)
+    assert enc.decrypt(envelope, CTX) == b"v"
+    assert keyring.unwrap_calls == 1  # served by the key cached when it was written
+    with pytest.raises(DecryptionError):  # a cached key still checks the context
+        enc.decrypt(envelope, {"table": "other", "column": "c"})
+    tampered = envelope[:-1] + bytes([envelope[-1] ^ 1])
+    with pytest.raises(DecryptionError):
+        enc.decrypt(tampered, CTX)
+    for settings in ({"cache_ttl": 0}, {"commitment_policy": "forbid_encrypt_allow_decrypt"}):
+        other = Encryptor(keyring, cache_written_keys=True, **settings)  # type: ignore[arg-type]
+        before = keyring.unwrap_calls
+        assert other.decrypt(other.encrypt(b"v", CTX), CTX) == b"v"
+        assert keyring.unwrap_calls == before + 1  # no cache, or v1: nothing cached on write
+    with pytest.raises(ConfigurationError, match="cache_written_keys"):
+        Encryptor(keyring, cache_written_keys="yes")  # type: ignore[arg-type]

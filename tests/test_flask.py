@@ -277,6 +277,7 @@ class TestConfiguration:
             SQLA_ENVELOPE_KEY_FILE=str(key_file),
             SQLA_ENVELOPE_CACHE_TTL=60,
             SQLA_ENVELOPE_CACHE_SIZE=10,
+            SQLA_ENVELOPE_CACHE_WRITTEN_KEYS=True,
             SQLA_ENVELOPE_KMS_KEY_ID=None,  # None means unset
         )
         ext = SqlaEnvelope(app)
@@ -289,6 +290,7 @@ class TestConfiguration:
         assert encryptor.keyring.primary == LocalKeyring.from_file(key_file).primary
         assert "cache_ttl=60" in repr(encryptor)
         assert "cache_size=10" in repr(encryptor)
+        assert encryptor.cache_written_keys is True
 
     def test_kms_key_id_defaults_to_direct_mode(self) -> None:
         app = bare_app(
@@ -352,6 +354,11 @@ class TestConfiguration:
             ),
             pytest.param(
                 {"KEY_FILE": KEY_FILE, "CACHE_SIZE": True}, "must be an integer", id="size-bool"
+            ),
+            pytest.param(
+                {"KEY_FILE": KEY_FILE, "CACHE_WRITTEN_KEYS": "yes"},
+                "CACHE_WRITTEN_KEYS must be True or False, got a str",
+                id="written-str",
             ),
             pytest.param(
                 {"KEY_FILE": KEY_FILE, "CACHE_TTL": -1}, "must not be negative", id="ttl-neg"

@@ -653,3 +653,35 @@ def test_orm_round_trip_on_every_database(
         conn.execute(sa.update(raw).where(raw.c.id == 2).values(name=tampered))
     with Session(engine) as session, pytest.raises(DecryptionError):
         session.get(Patient, 2)
+
+
+@pytest.mark.parametrize("cache_written_keys", [False, True])
+def test_reading_back_what_was_written_asks_kms_only_without_cache_written_keys(
+    engine: sa.Engine,
+    base: type[DeclarativeBase],
+    key: Key,
+    new_keyring: Callable[..., KmsKeyring],
+    recorder: Recorder,
+    cache_written_keys: bool,
+) -> None:
+    # The ORM's everyday path: commit() expires the objects, and touching an
+    # attribute reloads the row and decrypts it.
+    enc = Encryptor(new_keyring(key.arn), cache_written_keys=cache_written_keys)
+
+    class Patient(base):  # type: ignore[valid-type,misc]
+        __tablename__ = "kms_read_back"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        name: Mapped[str] = mapped_column(EncryptedType(sa.String(100), enc))
+
+    base.metadata.create_all(engine)
+    with Session(engine) as session:
+        patients = [Patient(id=i, name=f"patient {i}") for i in range(1, 5)]
+        session.add_all(patients)
+        session.commit()
+        assert [p.name for p in patients] == [f"patient {i}" for i in range(1, 5)]
+    decrypts = recorder.operations().count("Decrypt")
+    assert decrypts == (0 if cache_written_keys else 4)
+    enc.clear_cache()  # and what was cached is forgotten as any other key
+    with Session(engine) as session:
+        assert len([p.name for p in session.scalars(sa.select(Patient))]) == 4
+    assert recorder.operations().count("Decrypt") == decrypts + 4

@@ -13,6 +13,8 @@
   KMS) or ``"bounded_reuse"``, with ``MAX_ROWS`` and ``MAX_AGE`` (values per KMS
   wrapping key and its lifetime in seconds; docs/kms.md compares the modes);
 - ``CACHE_TTL`` and ``CACHE_SIZE``: the Encryptor's cache of unwrapped data keys;
+- ``CACHE_WRITTEN_KEYS``: ``True`` caches each written value's data key too, so reading
+  it back needs no KMS call (docs/kms.md says what that changes);
 - ``AUDIT_LOG``: ``True`` writes a line on the ``sqla_envelope.audit`` logger for
   every wrap and unwrap;
 - ``INDEX_KEY``: the wrapped blind index key, the text of ``Encryptor.new_index_key()``;
