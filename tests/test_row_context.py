@@ -438,3 +438,77 @@ def test_a_sealed_value_opens_only_with_every_bound_value(
     with pytest.raises(InvalidValueError, match="NULL"):
         sealed.open(tenant_id=None)
     assert sealed.open(models.Patient(id=1, tenant_id=7)) == "111-11-1111"  # an ORM object
+
+
+def tenant_typed_table(engine: sa.Engine, metadata: sa.MetaData, tenant_type: Any) -> sa.Table:
+    table = sa.Table(
+        "rowctx_typed_tenant",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("tenant_id", tenant_type),
+        sa.Column("ssn", EncryptedType(sa.String(40), context_columns=("tenant_id",))),
+    )
+    metadata.create_all(engine)
+    return table
+
+
+def count_rows(engine: sa.Engine, table: sa.Table) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+@pytest.mark.parametrize(
+    ("tenant_type", "tenant"),
+    [(sa.Numeric(10, 0), 7), (sa.CHAR(8), "acme"), (sa.Float, 7)],
+)
+def test_a_bound_column_that_does_not_return_its_text_as_written_is_refused(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor, tenant_type: Any, tenant: Any
+) -> None:
+    # A NUMERIC comes back a Decimal, a CHAR padded (PostgreSQL) or trimmed
+    # (MariaDB): a value bound to its text was stored, and never read again.
+    table = tenant_typed_table(engine, metadata, tenant_type)
+    with (
+        pytest.raises(ConfigurationError, match="str, int or UUID") as raised,
+        engine.begin() as conn,
+    ):
+        conn.execute(table.insert(), {"id": 1, "tenant_id": tenant, "ssn": SECRET})
+    assert SECRET not in str(raised.value)
+    assert count_rows(engine, table) == 0
+
+
+@pytest.mark.parametrize(
+    ("tenant_type", "given", "accepted"),
+    [
+        (sa.Integer, "07", False),
+        (sa.Integer, " 7", False),
+        (sa.Integer, "7", True),
+        (sa.Uuid(as_uuid=False), "abcdef78-1234-5678-1234-567812345678".upper(), False),
+        (sa.Uuid(as_uuid=False), "abcdef78123456781234567812345678", False),
+        (sa.Uuid(as_uuid=False), "abcdef78-1234-5678-1234-567812345678", True),
+        (sa.Uuid, uuid.UUID("abcdef78-1234-5678-1234-567812345678"), True),
+    ],
+)
+def test_a_bound_value_the_database_would_store_in_another_form_is_refused(
+    engine: sa.Engine,
+    metadata: sa.MetaData,
+    encryptor: Encryptor,
+    tenant_type: Any,
+    given: Any,
+    accepted: bool,
+) -> None:
+    # "07" in an INTEGER column is stored as 7: bound to "07", the value would
+    # never decrypt in its row again. Refused, or read back as written.
+    table = tenant_typed_table(engine, metadata, tenant_type)
+    row = {"id": 1, "tenant_id": given, "ssn": SECRET}
+    if not accepted:
+        with (
+            pytest.raises(ConfigurationError, match="as the database stores it"),
+            engine.begin() as conn,
+        ):
+            conn.execute(table.insert(), row)
+        assert count_rows(engine, table) == 0
+        return
+    with engine.begin() as conn:
+        conn.execute(table.insert(), row)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(table)).one().ssn == SECRET

@@ -11,11 +11,14 @@ expression, cannot be bound and is refused before it runs: nothing is stored.
 
 from __future__ import annotations
 
+import uuid
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.type_api import TypeDecorator
 
 from ..errors import ConfigurationError
 from ..write_hooks import embedded_values, listen_on_writes
@@ -23,7 +26,9 @@ from .values import RowBound, bound_pairs
 
 __all__ = ["install", "row_bound_columns"]
 
-Bound = tuple[str, tuple[str, ...], str]  # column key, the keys it is bound to, its label
+Form = Callable[[Any], Any]  # checks a bound value is in the form its column returns
+# column key, the keys it is bound to, its label, and the form of each bound column
+Bound = tuple[str, tuple[str, ...], str, tuple[Form, ...]]
 
 _UNSET = object()
 _tables: weakref.WeakKeyDictionary[Any, list[Bound]] = weakref.WeakKeyDictionary()
@@ -43,9 +48,96 @@ def row_bound_columns(table: Any) -> list[Bound]:
                         f"{table.name}.{column.key} is bound to {', '.join(missing)}, "
                         f"which {table.name} has no column for"
                     )
-                found.append((column.key, names, f"{table.name}.{column.key}"))
+                label = f"{table.name}.{column.key}"
+                forms = tuple(_form_of(table, name, label) for name in names)
+                found.append((column.key, names, label, forms))
         _tables[table] = found
     return found
+
+
+def _form_of(table: Any, name: str, label: str) -> Form:
+    """What checks a value of ``table.c[name]`` is in the form the database returns it.
+
+    A value is bound to the text of its row's values as the writer gives them,
+    and read under their text as the database returns them: the two must be the
+    same. A CHAR is padded (PostgreSQL) or trimmed (MariaDB), a NUMERIC comes back
+    a Decimal, a float formatted by the driver; an INTEGER column stores "07" as
+    7, a UUID column stores any spelling of a UUID in its own. Such a value would
+    be stored and never decrypt again: refused before anything runs.
+    """
+    type_ = table.c[name].type
+    base = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
+    if isinstance(base, sa.types.NullType):
+        return _same  # a column of no declared type (sa.table()): taken as given
+    if isinstance(base, (sa.CHAR, sa.NCHAR)):
+        python: Any = None  # padded or trimmed by the database
+    elif isinstance(base, sa.Uuid):
+        return _uuid_form(label, name)
+    else:
+        try:
+            python = type_.python_type
+        except NotImplementedError:
+            python = None
+    if python is str:
+        return _same
+    if python is int:
+        return _int_form(label, name)
+    raise ConfigurationError(
+        f"{label} is bound to {table.name}.{name}, a {type(type_).__name__} column: the "
+        "columns a value is bound to must hold str, int or UUID values in a column that "
+        "returns them as written (String, Integer, Uuid; not CHAR, Numeric or Float)"
+    )
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _not_as_stored(label: str, name: str, kind: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{label} is bound to its row's {name}, given here as text that is not {kind} "
+        "as the database stores it: the value would not decrypt again; give it as the "
+        "column returns it"
+    )
+
+
+def _int_form(label: str, name: str) -> Form:
+    def form(value: Any) -> Any:
+        if isinstance(value, str) and not (value.isascii() and value == str(_int(value))):
+            raise _not_as_stored(label, name, "an integer")
+        return value
+
+    return form
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _uuid_form(label: str, name: str) -> Form:
+    def form(value: Any) -> Any:
+        if isinstance(value, str) and value != str(_uuid(value)):
+            raise _not_as_stored(label, name, "a UUID (lowercase, with hyphens)")
+        return value
+
+    return form
+
+
+def _uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+def _pairs(bound: Bound, value_of: Callable[[str], Any]) -> Any:
+    """The (name, text) pairs of a row's bound values, each checked against its column."""
+    _, names, label, forms = bound
+    checked = dict(zip(names, forms, strict=True))
+    return bound_pairs(label, names, lambda name: checked[name](value_of(name)))
 
 
 def _missing(label: str, names: tuple[str, ...], absent: list[str]) -> ConfigurationError:
@@ -59,20 +151,21 @@ def _missing(label: str, names: tuple[str, ...], absent: list[str]) -> Configura
 def _bound_params(params: Mapping[str, Any], columns: Sequence[Bound]) -> Mapping[str, Any]:
     """``params`` with each row-bound value it sets made a RowBound."""
     replaced: dict[str, Any] = {}
-    for key, names, label in columns:
+    for bound in columns:
+        key, names, label, _ = bound
         value = params.get(key)
         if value is None or type(value) is RowBound:
             continue
         absent = [name for name in names if name not in params]
         if absent:
             raise _missing(label, names, absent)
-        replaced[key] = RowBound(value, bound_pairs(label, names, params.__getitem__))
+        replaced[key] = RowBound(value, _pairs(bound, params.__getitem__))
     return {**params, **replaced} if replaced else params
 
 
 def _embedded(statement: Any, table: Any, columns: Sequence[Bound]) -> Any:
     """The statement with the row-bound values of its ``.values(...)`` made RowBounds."""
-    keys = {key for key, _, _ in columns}
+    keys = {bound[0] for bound in columns}
     for rows in getattr(statement, "_multi_values", None) or ():
         for row in rows:
             targets = {k if isinstance(k, str) else getattr(k, "key", None) for k in row}
@@ -86,7 +179,8 @@ def _embedded(statement: Any, table: Any, columns: Sequence[Bound]) -> Any:
     if not given:
         return statement
     replaced: dict[str, Any] = {}
-    for key, names, label in columns:
+    for bound in columns:
+        key, names, label, _ = bound
         value = given.get(key, _UNSET)
         if not isinstance(value, BindParameter) or value.callable is not None:
             if value is not _UNSET and not _is_null(value):
@@ -102,14 +196,14 @@ def _embedded(statement: Any, table: Any, columns: Sequence[Bound]) -> Any:
             raise _missing(label, names, absent)
         plain: dict[str, Any] = {}
         for name in names:
-            bound = given[name]
-            if not isinstance(bound, BindParameter) or bound.callable is not None:
+            part = given[name]
+            if not isinstance(part, BindParameter) or part.callable is not None:
                 raise ConfigurationError(
                     f"{table.name}.{name}, which {label} is bound to, is set from a SQL "
                     "expression: set it from a Python value, or the value cannot be bound"
                 )
-            plain[name] = bound.value
-        replaced[key] = RowBound(value.value, bound_pairs(label, names, plain.__getitem__))
+            plain[name] = part.value
+        replaced[key] = RowBound(value.value, _pairs(bound, plain.__getitem__))
     return statement.values(replaced) if replaced else statement
 
 
@@ -124,7 +218,7 @@ def _check_update(table: Any, columns: Sequence[Bound], keys: set[str]) -> None:
     readable. The ORM sets them again itself when a tenant changes (rows/orm.py);
     a Core UPDATE must set them too (to NULL if the row has none).
     """
-    for key, names, label in columns:
+    for key, names, label, _ in columns:
         moved = [name for name in names if name in keys]
         if moved and key not in keys and hasattr(table.c[key].type, "open_row_bound"):
             raise ConfigurationError(
