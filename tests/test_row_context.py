@@ -512,3 +512,57 @@ def test_a_bound_value_the_database_would_store_in_another_form_is_refused(
         conn.execute(table.insert(), row)
     with engine.connect() as conn:
         assert conn.execute(sa.select(table)).one().ssn == SECRET
+
+
+def test_a_tenant_in_the_primary_key_binds_updates_of_the_orm_and_by_primary_key(
+    engine: sa.Engine, base: type[DeclarativeBase], encryptor: Encryptor
+) -> None:
+    # The ORM sends an unchanged primary key in the WHERE clause, never in SET:
+    # an UPDATE of the value must take the tenant from there.
+    class Member(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "rowctx_members"
+        tenant_id: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        ssn: Mapped[str | None] = mapped_column(
+            EncryptedType(sa.String(20), context_columns=("tenant_id",))
+        )
+
+    class Seat(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "rowctx_seats"
+        tenant_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        ssn: Mapped[str | None] = mapped_column(
+            EncryptedType(sa.String(20), context_columns=("tenant_id",))
+        )
+
+    base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all([Member(tenant_id="acme", id=1, ssn="a"), Seat(tenant_id=7, id=1, ssn="a")])
+        session.commit()
+    with Session(engine) as session:
+        member, seat = session.get_one(Member, ("acme", 1)), session.get_one(Seat, (7, 1))
+        member.ssn, seat.ssn = "b", "b"
+        session.commit()
+    with Session(engine) as session:
+        assert session.get_one(Member, ("acme", 1)).ssn == "b"
+        # An int tenant compares exactly everywhere: a bulk UPDATE by primary key binds.
+        session.execute(sa.update(Seat), [{"tenant_id": 7, "id": 1, "ssn": "c"}])
+        session.commit()
+    with Session(engine) as session:
+        assert session.get_one(Seat, (7, 1)).ssn == "c"
+        assert session.get_one(Member, ("acme", 1)).ssn == "b"
+        # Text is not exact everywhere (MariaDB finds 'acme' with 'ACME' or 'acme '):
+        # by primary key, without an object the ORM loaded, it is refused.
+        with pytest.raises(ConfigurationError, match="without its row's tenant_id"):
+            session.execute(sa.update(Member), [{"tenant_id": "ACME", "id": 1, "ssn": SECRET}])
+        session.rollback()
+        table = Member.__table__
+        update = (
+            table.update()
+            .where(table.c.tenant_id == sa.bindparam("t"), table.c.id == sa.bindparam("i"))
+            .values(ssn=sa.bindparam("ssn"))
+        )
+        with pytest.raises(ConfigurationError), engine.begin() as conn:
+            conn.execute(update, {"t": "acme ", "i": 1, "ssn": SECRET})
+    with Session(engine) as session:
+        assert session.get_one(Member, ("acme", 1)).ssn == "b"

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 from sqlalchemy.orm.base import LoaderCallableStatus
 
+from .sync import vouch
 from .values import SealedValue
 
 __all__ = ["install"]
@@ -83,6 +84,33 @@ def _before_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
         for name in bound:
             getattr(target, name)  # loads it if expired: the UPDATE must carry it
             flag_modified(target, name)
+        _vouch_key(mapper, connection, state, key, bound)
+
+
+def _vouch_key(
+    mapper: Mapper[Any], connection: Any, state: Any, key: str, bound: tuple[str, ...]
+) -> None:
+    """Vouch for the row's primary key when a bound column is part of it.
+
+    The ORM sends an unchanged primary key in the UPDATE's WHERE, never in its
+    SET: rows/sync.py then takes the bound value from there, for a row vouched
+    for with the values it was loaded with.
+    """
+    table: Any = mapper.column_attrs[key].columns[0].table
+    columns = mapper.column_attrs
+    if not any(columns[name].columns[0].primary_key for name in bound):
+        return
+    values = []
+    for column in table.primary_key.columns:
+        name = mapper.get_property_by_column(column).key
+        # As loaded: a key changed in memory is found by its old value.
+        value = state.committed_state.get(name, _ABSENT)
+        if value is _ABSENT or isinstance(value, LoaderCallableStatus):  # flag_modified's mark
+            value = state.dict.get(name, _ABSENT)
+        if value is _ABSENT or isinstance(value, LoaderCallableStatus):
+            return
+        values.append(value)
+    vouch(connection, table, tuple(values))
 
 
 def _as_stored(

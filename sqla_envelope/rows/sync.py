@@ -17,14 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql import Update, operators
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList, ColumnClause
 from sqlalchemy.sql.type_api import TypeDecorator
 
 from ..errors import ConfigurationError
 from ..write_hooks import embedded_values, listen_on_writes
 from .values import RowBound, bound_pairs
 
-__all__ = ["install", "row_bound_columns"]
+__all__ = ["install", "row_bound_columns", "vouch"]
 
 Form = Callable[[Any], Any]  # checks a bound value is in the form its column returns
 # column key, the keys it is bound to, its label, and the form of each bound column
@@ -32,6 +33,11 @@ Bound = tuple[str, tuple[str, ...], str, tuple[Form, ...]]
 
 _UNSET = object()
 _tables: weakref.WeakKeyDictionary[Any, list[Bound]] = weakref.WeakKeyDictionary()
+# Per connection: the rows (table, primary key) the ORM is flushing, as it loaded them.
+_vouched: weakref.WeakKeyDictionary[Any, set[tuple[Any, tuple[Any, ...]]]] = (
+    weakref.WeakKeyDictionary()
+)
+_VOUCHED_KEPT = 10_000
 
 
 def row_bound_columns(table: Any) -> list[Bound]:
@@ -148,6 +154,115 @@ def _missing(label: str, names: tuple[str, ...], absent: list[str]) -> Configura
     )
 
 
+def vouch(connection: Any, table: Any, key: tuple[Any, ...]) -> None:
+    """The ORM is about to UPDATE the row of ``table`` whose primary key is ``key``.
+
+    ``key`` holds the values the row was loaded with, exactly as the database
+    returned them, and the ORM's UPDATE finds the row by them: its bound columns
+    that are part of the key hold exactly those (rows/orm.py calls this).
+    """
+    seen = _vouched.get(connection)
+    if seen is None:
+        seen = _vouched[connection] = set()
+    elif len(seen) >= _VOUCHED_KEPT:
+        seen.clear()
+    seen.add((table, key))
+
+
+class _Pinned(list[Bound]):
+    """A table's row-bound columns, with the columns an UPDATE's WHERE holds equal to a parameter.
+
+    An UPDATE that leaves a bound column out of SET (the ORM never sets an
+    unchanged primary key) still says which value the rows it changes hold
+    there, when its WHERE requires ``column = :param``. That value binds when it
+    is exact: an int in an integer column or a UUID in a Uuid column compare
+    exactly on every database; text only for a row the ORM loaded and vouched
+    for, since MariaDB's collations find 'acme' with 'ACME' or 'acme '.
+    """
+
+    def __init__(
+        self, columns: Sequence[Bound], table: Any, where: dict[str, BindParameter[Any]], seen: Any
+    ) -> None:
+        super().__init__(columns)
+        self.table = table
+        self.where = where
+        self.seen = seen
+
+    def value(self, params: Mapping[str, Any], name: str) -> Any:
+        """The value the WHERE pins ``name`` to in this parameter set, when exact; else _UNSET."""
+        found = _where_value(params, self.where.get(name))
+        if found is _UNSET or _exact(self.table.c[name], found):
+            return found
+        if not self.seen:
+            return _UNSET
+        key = tuple(
+            _where_value(params, self.where.get(column.key))
+            for column in self.table.primary_key.columns
+        )
+        if _UNSET in key or (self.table, key) not in self.seen:
+            return _UNSET
+        return found
+
+
+def _where_value(params: Mapping[str, Any], bind: BindParameter[Any] | None) -> Any:
+    if bind is None:
+        return _UNSET
+    if bind.key in params:
+        return params[bind.key]
+    if bind.callable is not None or bind.required:
+        return _UNSET
+    return bind.value
+
+
+def _exact(column: Any, value: Any) -> bool:
+    """Whether every database finds only ``value`` itself when comparing ``column`` to it."""
+    type_ = column.type
+    base = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
+    if isinstance(value, uuid.UUID):
+        return isinstance(base, sa.Uuid)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return type_.python_type is int and not isinstance(base, sa.Numeric)
+        except NotImplementedError:
+            return False
+    return False
+
+
+def _scope(conn: Any, statement: Any, columns: Sequence[Bound]) -> Sequence[Bound]:
+    """``columns``, with what an UPDATE's WHERE pins (``_Pinned``)."""
+    if not isinstance(statement, Update) or statement.whereclause is None:
+        return columns
+    table = _plain(statement.table)
+    clause = statement.whereclause
+    parts = (
+        clause.clauses
+        if isinstance(clause, BooleanClauseList) and clause.operator is operators.and_
+        else [clause]
+    )
+    where: dict[str, BindParameter[Any]] = {}
+    for part in parts:
+        if not isinstance(part, BinaryExpression) or part.operator is not operators.eq:
+            continue
+        left, right = part.left, part.right
+        if isinstance(left, BindParameter):
+            left, right = right, left
+        if (
+            isinstance(left, ColumnClause)
+            and _plain(getattr(left, "table", None)) is table
+            and isinstance(right, BindParameter)
+        ):
+            where.setdefault(left.key, right)
+    if not where:
+        return columns
+    return _Pinned(columns, table, where, _vouched.get(conn))
+
+
+def _plain(table: Any) -> Any:
+    """``table`` without the ORM's annotations (an ORM statement's table is annotated)."""
+    deannotate = getattr(table, "_deannotate", None)
+    return deannotate() if deannotate is not None else table
+
+
 def _bound_params(params: Mapping[str, Any], columns: Sequence[Bound]) -> Mapping[str, Any]:
     """``params`` with each row-bound value it sets made a RowBound."""
     replaced: dict[str, Any] = {}
@@ -156,10 +271,17 @@ def _bound_params(params: Mapping[str, Any], columns: Sequence[Bound]) -> Mappin
         value = params.get(key)
         if value is None or type(value) is RowBound:
             continue
+        given: Mapping[str, Any] = params
         absent = [name for name in names if name not in params]
         if absent:
-            raise _missing(label, names, absent)
-        replaced[key] = RowBound(value, _pairs(bound, params.__getitem__))
+            pinned = {
+                name: columns.value(params, name) if isinstance(columns, _Pinned) else _UNSET
+                for name in absent
+            }
+            if _UNSET in pinned.values():
+                raise _missing(label, names, absent)
+            given = {**params, **pinned}
+        replaced[key] = RowBound(value, _pairs(bound, given.__getitem__))
     return {**params, **replaced} if replaced else params
 
 
@@ -230,4 +352,4 @@ def _check_update(table: Any, columns: Sequence[Bound], keys: set[str]) -> None:
 
 def install() -> None:
     """Listen on every Engine (idempotent)."""
-    listen_on_writes(row_bound_columns, _embedded, _bound_params, _check_update)
+    listen_on_writes(row_bound_columns, _embedded, _bound_params, _check_update, _scope)
