@@ -210,6 +210,7 @@ def test_core_writes_and_reads(engine: sa.Engine, models: Models) -> None:
     [
         ("update-without-tenant", ConfigurationError),
         ("insert-without-tenant", ConfigurationError),
+        ("rows-one-without-tenant", ConfigurationError),
         ("null-tenant", InvalidValueError),
         ("multi-row-values", ConfigurationError),
         ("tenant-from-sql", ConfigurationError),
@@ -227,6 +228,10 @@ def test_a_write_that_cannot_bind_stores_nothing(
             table.update().where(table.c.id == 1).values(ssn=SECRET)
         ),
         "insert-without-tenant": lambda c: c.execute(table.insert(), [{"id": 5, "ssn": SECRET}]),
+        "rows-one-without-tenant": lambda c: c.execute(
+            table.insert(),
+            [{"id": 5, "tenant_id": 1, "ssn": SECRET}, {"id": 6, "ssn": SECRET}],
+        ),
         "null-tenant": lambda c: c.execute(
             table.insert(), [{"id": 5, "tenant_id": None, "ssn": SECRET}]
         ),
