@@ -571,3 +571,49 @@ def test_a_tenant_in_the_primary_key_binds_updates_of_the_orm_and_by_primary_key
             conn.execute(update, {"t": "acme ", "i": 1, "ssn": SECRET})
     with Session(engine) as session:
         assert session.get_one(Member, ("acme", 1)).ssn == "b"
+
+
+def upsert_moving_tenant(engine: sa.Engine, table: sa.Table) -> Any:
+    """INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE setting only the tenant, per dialect."""
+    if engine.dialect.name in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        statement = mysql_insert(table).values(id=1, tenant_id=8, ssn="999-99-9999")
+        return statement.on_duplicate_key_update(tenant_id=statement.inserted.tenant_id)
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    upsert = insert(table).values(id=1, tenant_id=8, ssn="999-99-9999")
+    return upsert.on_conflict_do_update(
+        index_elements=["id"], set_={"tenant_id": upsert.excluded.tenant_id}
+    )
+
+
+@pytest.mark.parametrize("how", ["upsert", "from-select"])
+def test_an_upsert_or_insert_from_select_that_would_strand_a_value_is_refused(
+    engine: sa.Engine, models: Models, how: str
+) -> None:
+    # An upsert that moves the existing row to another tenant leaves its value
+    # bound to the old one; INSERT ... SELECT copies values into rows of any
+    # tenant. Both stored values that never decrypt again.
+    seed(engine, models)
+    table = models.Patient.__table__
+    if how == "upsert":
+        statement = upsert_moving_tenant(engine, table)
+    else:
+        statement = table.insert().from_select(
+            ["id", "tenant_id", "ssn"],
+            sa.select(table.c.id + 10, sa.literal(9), table.c.ssn),
+        )
+    before = {i: stored(engine, "rowctx_patients", i) for i in (1, 2)}
+    with pytest.raises(ConfigurationError) as raised, engine.begin() as conn:
+        conn.execute(statement)
+    assert SECRET not in str(raised.value)
+    assert {i: stored(engine, "rowctx_patients", i) for i in (1, 2)} == before
+    with Session(engine) as session:
+        rows = session.scalars(sa.select(models.Patient).order_by(models.Patient.id)).all()
+        assert [(p.id, p.tenant_id, p.ssn) for p in rows] == [
+            (1, 7, "111-11-1111"),
+            (2, 8, "222-22-2222"),
+        ]

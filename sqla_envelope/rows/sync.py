@@ -288,6 +288,7 @@ def _bound_params(params: Mapping[str, Any], columns: Sequence[Bound]) -> Mappin
 def _embedded(statement: Any, table: Any, columns: Sequence[Bound]) -> Any:
     """The statement with the row-bound values of its ``.values(...)`` made RowBounds."""
     keys = {bound[0] for bound in columns}
+    _check_insert(statement, table, columns, keys)
     for rows in getattr(statement, "_multi_values", None) or ():
         for row in rows:
             targets = {k if isinstance(k, str) else getattr(k, "key", None) for k in row}
@@ -327,6 +328,45 @@ def _embedded(statement: Any, table: Any, columns: Sequence[Bound]) -> Any:
             plain[name] = part.value
         replaced[key] = RowBound(value.value, _pairs(bound, plain.__getitem__))
     return statement.values(replaced) if replaced else statement
+
+
+def _check_insert(statement: Any, table: Any, columns: Sequence[Bound], keys: set[str]) -> None:
+    """Refuse an INSERT ... SELECT of a row-bound value, and an upsert that moves a row.
+
+    A value copied by a query arrives bound to the row it was read from, whatever
+    tenant the new row has; an upsert's ON CONFLICT / ON DUPLICATE KEY UPDATE that
+    sets a bound column moves the existing row and leaves its values bound to the
+    old one (its encrypted columns cannot be set there: sql_guard refuses them).
+    Either would store values that never decrypt again.
+    """
+    if getattr(statement, "select", None) is not None:
+        copied = {_key_of(name) for name in getattr(statement, "_select_names", None) or ()}
+        if copied & keys:
+            raise ConfigurationError(
+                f"{table.name}: from_select() fills a row-bound column, and the values it "
+                "copies stay bound to the rows they were read from: read them and write "
+                "them as parameters, each under its new row's values"
+            )
+    clause = getattr(statement, "_post_values_clause", None)
+    if clause is None:
+        return
+    sets = getattr(clause, "update_values_to_set", None)
+    if sets is None:
+        sets = getattr(clause, "update", None)
+    targets = sets.keys() if isinstance(sets, Mapping) else [pair[0] for pair in sets or ()]
+    updated = {_key_of(target) for target in targets}
+    for key, names, label, _ in columns:
+        moved = [name for name in names if name in updated]
+        if moved and hasattr(table.c[key].type, "open_row_bound"):
+            raise ConfigurationError(
+                f"{table.name}: an upsert's update changes {', '.join(moved)}, which the "
+                f"values of {label} in the row it updates are bound to: they would become "
+                "unreadable; move the row through the ORM, which re-encrypts them"
+            )
+
+
+def _key_of(target: Any) -> Any:
+    return target if isinstance(target, str) else getattr(target, "key", None)
 
 
 def _is_null(value: Any) -> bool:
