@@ -211,6 +211,28 @@ class TestBranchKeys:
             assert Encryptor(tenants).decrypt(sealed, {"tenant_id": tenant}) == b"v"
         assert len(tenants.tenants()) == 5  # "ACME" and "acme" are two tenants
 
+    def test_tenants_that_differ_in_trailing_spaces_never_share_a_key(
+        self, engine: sa.Engine, tenants: TenantKeyring
+    ) -> None:
+        # MySQL and MariaDB compare text ignoring trailing spaces, utf8mb4_bin too:
+        # "acme " found acme's branch key, so its values were wrapped under it and
+        # never read again, and shred("acme ") destroyed acme's keys.
+        encryptor = Encryptor(tenants)
+        sealed = encryptor.encrypt(b"v", {"tenant_id": "acme"})
+        padded = engine.dialect.name in ("mysql", "mariadb")  # the table cannot hold both
+        if padded:
+            with pytest.raises(KeyringError, match="trailing spaces"):
+                encryptor.encrypt(b"w", {"tenant_id": "acme "})
+            with pytest.raises(KeyringError):
+                tenants.shred("acme ")
+        else:
+            other = encryptor.encrypt(b"w", {"tenant_id": "acme "})
+            assert Encryptor(tenants).decrypt(other, {"tenant_id": "acme "}) == b"w"
+            tenants.shred("acme ")
+        Encryptor(tenants).clear_cache()
+        assert Encryptor(tenants).decrypt(sealed, {"tenant_id": "acme"}) == b"v"
+        assert [(r.tenant, r.destroyed) for r in tenants.store.records("acme")] == [("acme", False)]
+
     def test_a_tenant_too_long_for_a_key_reference_stores_nothing(
         self, tenants: TenantKeyring
     ) -> None:
