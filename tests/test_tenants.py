@@ -425,6 +425,37 @@ class TestShredding:
         }
         assert _read_all(engine, patient, "acme") == {1: "ssn-1", 2: "ssn-2"}
 
+    def test_exposure_counts_only_rows_whose_tenant_text_is_the_tenants(
+        self, engine: sa.Engine, metadata: sa.MetaData
+    ) -> None:
+        # A value's context holds its row's tenant as text: tenant "07" has no row
+        # in an INTEGER column (7 reads as "7"), nor "acme " the rows of "acme".
+        from sqla_envelope.tenants.exposure import tenant_exposure
+
+        for name, tenant_type, stored in (
+            ("by_int", sa.Integer, 7),
+            ("by_text", sa.String(9), "acme"),
+        ):
+            table = sa.Table(
+                f"tenant_exposure_{name}",
+                metadata,
+                sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                sa.Column("tenant_id", tenant_type),
+                sa.Column("v", EncryptedType(sa.String(9), context_columns=("tenant_id",))),
+            )
+            metadata.create_all(engine)
+            with engine.begin() as conn:
+                conn.execute(table.insert(), {"id": 1, "tenant_id": stored, "v": None})
+
+        def rows(tenant: str) -> dict[str, int]:
+            found = tenant_exposure(engine, metadata, "tenant_id", tenant)
+            return {exposure.table: exposure.rows for exposure in found}
+
+        assert rows("7") == {"tenant_exposure_by_int": 1, "tenant_exposure_by_text": 0}
+        assert rows("acme") == {"tenant_exposure_by_int": 0, "tenant_exposure_by_text": 1}
+        for other in ("07", "-0", "+7", "acme ", "ACME"):
+            assert set(rows(other).values()) == {0}, other
+
 
 class TestOwnKeyringPerTenant:
     def test_factory_gives_each_tenant_its_keyring_and_names_it_in_the_key_reference(
