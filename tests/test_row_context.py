@@ -617,3 +617,37 @@ def test_an_upsert_or_insert_from_select_that_would_strand_a_value_is_refused(
             (1, 7, "111-11-1111"),
             (2, 8, "222-22-2222"),
         ]
+
+
+class Shard(int):
+    """An int whose str() is not its digits, as an IntEnum's is on Python 3.10."""
+
+    def __str__(self) -> str:
+        return "Shard.ONE"
+
+
+class Label(str):
+    """A str whose str() is not its text, as a (str, Enum) member's is."""
+
+    def __str__(self) -> str:
+        return "Label.EU"
+
+
+def test_int_and_str_subclasses_bind_by_their_value_as_the_database_returns_it(
+    engine: sa.Engine, models: Models
+) -> None:
+    # The database stores "eu" (and 1), and returns them as such: bound to
+    # str(value), the value was stored and never decrypted again.
+    from sqla_envelope.rows.values import text_of
+
+    assert (text_of("t.c", "n", Shard(1)), text_of("t.c", "n", Label("eu"))) == ("1", "eu")
+    assert type(text_of("t.c", "n", Label("eu"))) is str
+    with Session(engine) as session:
+        session.add(models.Account(id=1, org=uuid.uuid4(), region=Label("eu"), token="tok"))
+        if engine.dialect.name == "sqlite":  # its driver stores the int itself, not str()
+            session.add(models.Patient(id=1, tenant_id=Shard(1), ssn="111"))
+        session.commit()
+    with Session(engine) as session:
+        assert session.get_one(models.Account, 1).token == "tok"
+        patient = session.get(models.Patient, 1)
+        assert patient is None or patient.ssn == "111"
