@@ -48,8 +48,30 @@ class Models:
                 EncryptedType(sa.String, context_columns=("org", "region"))
             )
 
+        # Tenants in the primary key: text (Member), int (Seat).
+        class Member(base):  # type: ignore[valid-type, misc]
+            __tablename__ = "rowctx_members"
+            tenant_id: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+            id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+            ssn: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.String(20), context_columns=("tenant_id",))
+            )
+            cvc: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.String(4), context_columns=("tenant_id",)), deferred=True
+            )
+
+        class Seat(base):  # type: ignore[valid-type, misc]
+            __tablename__ = "rowctx_seats"
+            tenant_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+            id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+            ssn: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.String(20), context_columns=("tenant_id",))
+            )
+
         self.Patient = Patient
         self.Account = Account
+        self.Member = Member
+        self.Seat = Seat
 
 
 @pytest.fixture
@@ -520,27 +542,11 @@ def test_a_bound_value_the_database_would_store_in_another_form_is_refused(
 
 
 def test_a_tenant_in_the_primary_key_binds_updates_of_the_orm_and_by_primary_key(
-    engine: sa.Engine, base: type[DeclarativeBase], encryptor: Encryptor
+    engine: sa.Engine, models: Models
 ) -> None:
     # The ORM sends an unchanged primary key in the WHERE clause, never in SET:
     # an UPDATE of the value must take the tenant from there.
-    class Member(base):  # type: ignore[valid-type, misc]
-        __tablename__ = "rowctx_members"
-        tenant_id: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
-        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-        ssn: Mapped[str | None] = mapped_column(
-            EncryptedType(sa.String(20), context_columns=("tenant_id",))
-        )
-
-    class Seat(base):  # type: ignore[valid-type, misc]
-        __tablename__ = "rowctx_seats"
-        tenant_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-        ssn: Mapped[str | None] = mapped_column(
-            EncryptedType(sa.String(20), context_columns=("tenant_id",))
-        )
-
-    base.metadata.create_all(engine)
+    Member, Seat = models.Member, models.Seat
     with Session(engine) as session:
         session.add_all([Member(tenant_id="acme", id=1, ssn="a"), Seat(tenant_id=7, id=1, ssn="a")])
         session.commit()
@@ -651,3 +657,34 @@ def test_int_and_str_subclasses_bind_by_their_value_as_the_database_returns_it(
         assert session.get_one(models.Account, 1).token == "tok"
         patient = session.get(models.Patient, 1)
         assert patient is None or patient.ssn == "111"
+
+
+def test_the_orm_moves_a_row_whose_tenant_is_part_of_its_primary_key(
+    engine: sa.Engine, models: Models
+) -> None:
+    # The ORM finds the row by the primary key it loaded: re-flagging the changed
+    # tenant made it look for the new one, and the UPDATE matched nothing.
+    Card = models.Member
+    with Session(engine) as session:
+        session.add(Card(tenant_id="acme", id=1, ssn="4111", cvc="123"))
+        session.commit()
+    with Session(engine) as session:
+        card = session.get_one(Card, ("acme", 1))
+        card.tenant_id = "globex"
+        session.commit()
+    with Session(engine) as session:
+        assert session.get(Card, ("acme", 1)) is None
+        card = session.get_one(Card, ("globex", 1))
+        assert (card.ssn, card.cvc) == ("4111", "123")
+        card.tenant_id = "globex"  # set to the value it holds, with a new value
+        card.ssn = "4222"
+        session.commit()
+    with Session(engine) as session:
+        assert session.get_one(Card, ("globex", 1)).ssn == "4222"
+    seed(engine, models)  # a tenant outside the key, set to its own value too
+    with Session(engine) as session:
+        patient = session.get_one(models.Patient, 1)
+        patient.tenant_id, patient.ssn = 7, "999-99-9999"
+        session.commit()
+    with Session(engine) as session:
+        assert session.get_one(models.Patient, 1).ssn == "999-99-9999"

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
-from sqlalchemy.orm.base import LoaderCallableStatus
+from sqlalchemy.orm.base import NO_VALUE, LoaderCallableStatus
 
 from .sync import vouch
 from .values import SealedValue
@@ -69,9 +69,7 @@ def _before_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
         if not encrypted:
             # A blind index: its hash is made again from its value, which moves too.
             if key in changed:
-                for name in bound:
-                    getattr(target, name)
-                    flag_modified(target, name)
+                _carry(target, changed, bound)
             continue
         if moved and key not in changed:
             # Read under the values in the database, written under the new ones.
@@ -81,10 +79,23 @@ def _before_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
             # Set again even when NULL: an UPDATE that moves the row must say so.
             set_committed_value(target, key, current)
             flag_modified(target, key)
-        for name in bound:
-            getattr(target, name)  # loads it if expired: the UPDATE must carry it
-            flag_modified(target, name)
+        _carry(target, changed, bound)
         _vouch_key(mapper, connection, state, key, bound)
+
+
+def _carry(target: Any, changed: Any, bound: tuple[str, ...]) -> None:
+    """Make the UPDATE carry the bound columns, changed or not.
+
+    One changed to another value is carried already, and is left alone:
+    flag_modified would replace the value it was loaded with, by which the ORM
+    finds a row whose primary key it is (the UPDATE would then look for the new
+    key, and match nothing).
+    """
+    for name in bound:
+        value = getattr(target, name)  # loads it if expired: the UPDATE must carry it
+        loaded = changed.get(name, NO_VALUE)
+        if isinstance(loaded, LoaderCallableStatus) or loaded == value:
+            flag_modified(target, name)
 
 
 def _vouch_key(
