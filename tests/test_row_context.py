@@ -68,8 +68,21 @@ class Models:
                 EncryptedType(sa.String(20), context_columns=("tenant_id",))
             )
 
+        class Letter(base):  # type: ignore[valid-type, misc]
+            # Two values bound to one tenant, outside the primary key.
+            __tablename__ = "rowctx_letters"
+            id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+            tenant_id: Mapped[int]
+            body: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.Text, context_columns=("tenant_id",))
+            )
+            sig: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.String(20), context_columns=("tenant_id",)), deferred=True
+            )
+
         self.Patient = Patient
         self.Account = Account
+        self.Letter = Letter
         self.Member = Member
         self.Seat = Seat
 
@@ -688,3 +701,27 @@ def test_the_orm_moves_a_row_whose_tenant_is_part_of_its_primary_key(
         session.commit()
     with Session(engine) as session:
         assert session.get_one(models.Patient, 1).ssn == "999-99-9999"
+
+
+def test_one_of_two_values_bound_to_a_tenant_changes_through_the_orm(
+    engine: sa.Engine, models: Models
+) -> None:
+    # The UPDATE of one value carries the tenant, and a statement that sets the
+    # tenant without every value bound to it is refused: changing one value of
+    # a row with two was refused. The other is written again with it.
+    letter_type = models.Letter
+    with Session(engine) as session:
+        session.add(letter_type(id=1, tenant_id=7, body="dear", sig="ada"))
+        session.commit()
+    with Session(engine) as session:
+        letter = session.get_one(letter_type, 1)
+        letter.body = "dear all"
+        session.commit()
+    with Session(engine) as session:
+        letter = session.get_one(letter_type, 1)
+        assert (letter.body, letter.sig) == ("dear all", "ada")
+        letter.sig = "alan"  # the deferred one, the other loaded
+        session.commit()
+    with Session(engine) as session:
+        letter = session.get_one(letter_type, 1)
+        assert (letter.body, letter.sig) == ("dear all", "alan")

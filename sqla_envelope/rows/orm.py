@@ -62,16 +62,33 @@ def _before_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
         return
     state = inspect(target)
     changed = state.committed_state
-    for key, bound, encrypted in bindings:
-        moved = any(name in changed for name in bound)
-        if key not in changed and not moved:
-            continue
-        if not encrypted:
-            # A blind index: its hash is made again from its value, which moves too.
-            if key in changed:
-                _carry(target, changed, bound)
-            continue
-        if moved and key not in changed:
+    touched = set(changed)  # what the flush writes, before anything is flagged here
+    # The UPDATE carries the bound columns of each value it writes, and a
+    # statement that sets a bound column without every value bound to it is
+    # refused (rows/sync.py): so every other value bound to one of them is
+    # written again with it, until none is left out.
+    carried: set[str] = set()
+    written: list[tuple[str, tuple[str, ...]]] = []
+    grown = True
+    while grown:
+        grown = False
+        for key, bound, encrypted in bindings:
+            if (key, bound) in written:
+                continue
+            hit = key in touched or (
+                encrypted and any(name in touched or name in carried for name in bound)
+            )
+            if hit:
+                written.append((key, bound))
+                carried.update(bound)
+                grown = True
+    if not carried:
+        return
+    encrypted_keys = {key for key, _, encrypted in bindings if encrypted}
+    for key, bound in written:
+        if key not in encrypted_keys:
+            continue  # a blind index set by the application: hashed from its value
+        if key not in touched:
             # Read under the values in the database, written under the new ones.
             current = state.dict.get(key, _ABSENT)
             if current is _ABSENT or type(current) is SealedValue:
@@ -79,8 +96,8 @@ def _before_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
             # Set again even when NULL: an UPDATE that moves the row must say so.
             set_committed_value(target, key, current)
             flag_modified(target, key)
-        _carry(target, changed, bound)
         _vouch_key(mapper, connection, state, key, bound)
+    _carry(target, changed, tuple(sorted(carried)))
 
 
 def _carry(target: Any, changed: Any, bound: tuple[str, ...]) -> None:
