@@ -725,3 +725,14 @@ def test_one_of_two_values_bound_to_a_tenant_changes_through_the_orm(
     with Session(engine) as session:
         letter = session.get_one(letter_type, 1)
         assert (letter.body, letter.sig) == ("dear all", "alan")
+        # A bulk UPDATE that gives the tenant cannot tell it from a move: refused
+        # unless it writes every value bound to it.
+        rows = [{"id": 1, "tenant_id": 7, "body": SECRET}]
+        with pytest.raises(ConfigurationError, match=r"without rowctx_letters\.sig"):
+            session.execute(sa.update(letter_type), rows)
+        session.rollback()
+        session.execute(sa.update(letter_type), [{**rows[0], "sig": "grace"}])
+        session.commit()
+    with Session(engine) as session:
+        letter = session.get_one(letter_type, 1)
+        assert (letter.body, letter.sig) == (SECRET, "grace")
