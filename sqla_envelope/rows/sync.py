@@ -25,7 +25,7 @@ from ..errors import ConfigurationError
 from ..write_hooks import embedded_values, listen_on_writes
 from .values import RowBound, bound_pairs
 
-__all__ = ["install", "row_bound_columns", "vouch"]
+__all__ = ["checked_pairs", "install", "row_bound_columns", "vouch"]
 
 Form = Callable[[Any], Any]  # checks a bound value is in the form its column returns
 # column key, the keys it is bound to, its label, and the form of each bound column
@@ -137,6 +137,18 @@ def _uuid(text: str) -> uuid.UUID | None:
         return uuid.UUID(text)
     except ValueError:
         return None
+
+
+def checked_pairs(table: Any, key: str, value_of: Callable[[str], Any]) -> Any:
+    """The (name, text) pairs of ``table.c[key]``'s bound values, checked as a write checks them.
+
+    For a lookup (search/lookup.py): a bound value the database would hold in
+    another form is refused rather than hashed as given and matched by nothing.
+    """
+    for bound in row_bound_columns(table):
+        if bound[0] == key:
+            return _pairs(bound, value_of)
+    raise ConfigurationError(f"{table.name}.{key} is not bound to other columns of its row")
 
 
 def _pairs(bound: Bound, value_of: Callable[[str], Any]) -> Any:
