@@ -736,3 +736,21 @@ def test_one_of_two_values_bound_to_a_tenant_changes_through_the_orm(
     with Session(engine) as session:
         letter = session.get_one(letter_type, 1)
         assert (letter.body, letter.sig) == (SECRET, "grace")
+
+
+def test_parameters_that_override_values_bind_the_value_to_what_the_row_holds(
+    engine: sa.Engine, models: Models
+) -> None:
+    # Execution parameters override a statement's own .values(): the value was
+    # bound to the tenant of .values() and stored in a row of the parameters' one.
+    table = models.Patient.__table__
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=1, ssn="111", tenant_id=7), {"tenant_id": 8})
+        conn.execute(table.insert().values(id=2, tenant_id=7), {"ssn": "222"})
+        conn.execute(
+            table.update().where(table.c.id == 2).values(ssn="333", tenant_id=7),
+            {"tenant_id": 9},
+        )
+    with Session(engine) as session:
+        rows = session.scalars(sa.select(models.Patient).order_by(models.Patient.id)).all()
+        assert [(p.tenant_id, p.ssn) for p in rows] == [(8, "111"), (9, "333")]

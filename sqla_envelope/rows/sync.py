@@ -181,27 +181,41 @@ def vouch(connection: Any, table: Any, key: tuple[Any, ...]) -> None:
     seen.add((table, key))
 
 
-class _Pinned(list[Bound]):
-    """A table's row-bound columns, with the columns an UPDATE's WHERE holds equal to a parameter.
+class _Scoped(list[Bound]):
+    """A table's row-bound columns, with what one statement gives of its rows' bound values.
 
-    An UPDATE that leaves a bound column out of SET (the ORM never sets an
-    unchanged primary key) still says which value the rows it changes hold
-    there, when its WHERE requires ``column = :param``. That value binds when it
-    is exact: an int in an integer column or a UUID in a Uuid column compare
-    exactly on every database; text only for a row the ORM loaded and vouched
-    for, since MariaDB's collations find 'acme' with 'ACME' or 'acme '.
+    Its own ``.values()``: the parameters of an execution override them, so a
+    parameter set that gives only the tenant moves a value set there, and one
+    that gives only the value takes the tenant set there.
+
+    And for an UPDATE, the columns its WHERE holds equal to a parameter: one
+    that leaves a bound column out of SET (the ORM never sets an unchanged
+    primary key) still says which value the rows it changes hold there. That
+    value binds when it is exact: an int in an integer column or a UUID in a
+    Uuid column compare exactly on every database; text only for a row the ORM
+    loaded and vouched for, since MariaDB's collations find 'acme' with 'ACME'
+    or 'acme '.
     """
 
     def __init__(
-        self, columns: Sequence[Bound], table: Any, where: dict[str, BindParameter[Any]], seen: Any
+        self,
+        columns: Sequence[Bound],
+        table: Any,
+        embedded: dict[str, Any],
+        where: dict[str, BindParameter[Any]],
+        seen: Any,
     ) -> None:
         super().__init__(columns)
         self.table = table
+        self.embedded = embedded
         self.where = where
         self.seen = seen
 
     def value(self, params: Mapping[str, Any], name: str) -> Any:
-        """The value the WHERE pins ``name`` to in this parameter set, when exact; else _UNSET."""
+        """``name`` for a parameter set without it: from .values(), or the WHERE; or _UNSET."""
+        found = self.embedded.get(name, _UNSET)
+        if found is not _UNSET:
+            return found
         found = _where_value(params, self.where.get(name))
         if found is _UNSET or _exact(self.table.c[name], found):
             return found
@@ -241,9 +255,22 @@ def _exact(column: Any, value: Any) -> bool:
 
 
 def _scope(conn: Any, statement: Any, columns: Sequence[Bound]) -> Sequence[Bound]:
-    """``columns``, with what an UPDATE's WHERE pins (``_Pinned``)."""
-    if not isinstance(statement, Update) or statement.whereclause is None:
+    """``columns``, with what the statement gives of its rows' bound values (``_Scoped``)."""
+    embedded = {
+        key: value.value
+        for key, value in embedded_values(statement).items()
+        if isinstance(value, BindParameter) and value.callable is None and not value.required
+    }
+    where = _pinned_by_where(statement)
+    if not embedded and not where:
         return columns
+    return _Scoped(columns, _plain(statement.table), embedded, where, _vouched.get(conn))
+
+
+def _pinned_by_where(statement: Any) -> dict[str, BindParameter[Any]]:
+    """The columns of an UPDATE's table its WHERE requires equal to a parameter."""
+    if not isinstance(statement, Update) or statement.whereclause is None:
+        return {}
     table = _plain(statement.table)
     clause = statement.whereclause
     parts = (
@@ -264,9 +291,7 @@ def _scope(conn: Any, statement: Any, columns: Sequence[Bound]) -> Sequence[Boun
             and isinstance(right, BindParameter)
         ):
             where.setdefault(left.key, right)
-    if not where:
-        return columns
-    return _Pinned(columns, table, where, _vouched.get(conn))
+    return where
 
 
 def _plain(table: Any) -> Any:
@@ -278,16 +303,20 @@ def _plain(table: Any) -> Any:
 def _bound_params(params: Mapping[str, Any], columns: Sequence[Bound]) -> Mapping[str, Any]:
     """``params`` with each row-bound value it sets made a RowBound."""
     replaced: dict[str, Any] = {}
+    scoped = columns if isinstance(columns, _Scoped) else None
     for bound in columns:
         key, names, label, _ = bound
-        value = params.get(key)
-        if value is None or type(value) is RowBound:
+        value = params.get(key, _UNSET)
+        if value is _UNSET and scoped is not None and any(name in params for name in names):
+            # Set by .values(), whose bound column these parameters override.
+            value = scoped.embedded.get(key)
+        if value is _UNSET or value is None or type(value) is RowBound:
             continue
         given: Mapping[str, Any] = params
         absent = [name for name in names if name not in params]
         if absent:
             pinned = {
-                name: columns.value(params, name) if isinstance(columns, _Pinned) else _UNSET
+                name: scoped.value(params, name) if scoped is not None else _UNSET
                 for name in absent
             }
             if _UNSET in pinned.values():
