@@ -754,3 +754,32 @@ def test_parameters_that_override_values_bind_the_value_to_what_the_row_holds(
     with Session(engine) as session:
         rows = session.scalars(sa.select(models.Patient).order_by(models.Patient.id)).all()
         assert [(p.tenant_id, p.ssn) for p in rows] == [(8, "111"), (9, "333")]
+
+
+def test_values_given_as_renamed_parameters_bind(engine: sa.Engine, models: Models) -> None:
+    # SQLAlchemy's executemany UPDATE: .values(col=bindparam("other_name")).
+    seed(engine, models)
+    table = models.Patient.__table__
+    update = (
+        table.update()
+        .where(table.c.id == sa.bindparam("row_id"))
+        .values(ssn=sa.bindparam("new_ssn"), tenant_id=sa.bindparam("new_tenant"))
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            update,
+            [
+                {"row_id": 1, "new_ssn": "333", "new_tenant": 7},
+                {"row_id": 2, "new_ssn": "444", "new_tenant": 9},
+            ],
+        )
+        with pytest.raises(ConfigurationError, match="without its row's tenant_id"):
+            conn.execute(
+                table.update()
+                .where(table.c.id == sa.bindparam("row_id"))
+                .values(ssn=sa.bindparam("new_ssn")),
+                [{"row_id": 1, "new_ssn": SECRET}],
+            )
+    with Session(engine) as session:
+        rows = session.scalars(sa.select(models.Patient).order_by(models.Patient.id)).all()
+        assert [(p.tenant_id, p.ssn) for p in rows] == [(7, "333"), (9, "444")]

@@ -204,10 +204,12 @@ class _Scoped(list[Bound]):
         embedded: dict[str, Any],
         where: dict[str, BindParameter[Any]],
         seen: Any,
+        renamed: dict[str, str],
     ) -> None:
         super().__init__(columns)
         self.table = table
         self.embedded = embedded
+        self.renamed = renamed  # column key -> its parameter's, for .values(c=bindparam("x"))
         self.where = where
         self.seen = seen
 
@@ -256,15 +258,15 @@ def _exact(column: Any, value: Any) -> bool:
 
 def _scope(conn: Any, statement: Any, columns: Sequence[Bound]) -> Sequence[Bound]:
     """``columns``, with what the statement gives of its rows' bound values (``_Scoped``)."""
-    embedded = {
-        key: value.value
-        for key, value in embedded_values(statement).items()
-        if isinstance(value, BindParameter) and value.callable is None and not value.required
-    }
+    given = embedded_values(statement)
+    binds = {k: v for k, v in given.items() if isinstance(v, BindParameter) and v.callable is None}
+    embedded = {key: bind.value for key, bind in binds.items() if not bind.required}
+    renamed = {key: bind.key for key, bind in binds.items() if bind.required and bind.key != key}
     where = _pinned_by_where(statement)
-    if not embedded and not where:
+    if not embedded and not where and not renamed:
         return columns
-    return _Scoped(columns, _plain(statement.table), embedded, where, _vouched.get(conn))
+    table = _plain(statement.table)
+    return _Scoped(columns, table, embedded, where, _vouched.get(conn), renamed)
 
 
 def _pinned_by_where(statement: Any) -> dict[str, BindParameter[Any]]:
@@ -294,6 +296,10 @@ def _pinned_by_where(statement: Any) -> dict[str, BindParameter[Any]]:
     return where
 
 
+def _encrypted(table: Any, key: str) -> bool:
+    return hasattr(table.c[key].type, "open_row_bound")
+
+
 def _plain(table: Any) -> Any:
     """``table`` without the ORM's annotations (an ORM statement's table is annotated)."""
     deannotate = getattr(table, "_deannotate", None)
@@ -304,16 +310,23 @@ def _bound_params(params: Mapping[str, Any], columns: Sequence[Bound]) -> Mappin
     """``params`` with each row-bound value it sets made a RowBound."""
     replaced: dict[str, Any] = {}
     scoped = columns if isinstance(columns, _Scoped) else None
+    renamed = scoped.renamed if scoped is not None else {}
     for bound in columns:
         key, names, label, _ = bound
-        value = params.get(key, _UNSET)
-        if value is _UNSET and scoped is not None and any(name in params for name in names):
+        if key in renamed and scoped is not None and not _encrypted(scoped.table, key):
+            continue  # a blind index given its digest (reindex): nothing to bind
+        value = params.get(renamed.get(key, key), _UNSET)
+        given = {
+            name: params[renamed.get(name, name)]
+            for name in names
+            if renamed.get(name, name) in params
+        }
+        if value is _UNSET and scoped is not None and given:
             # Set by .values(), whose bound column these parameters override.
             value = scoped.embedded.get(key)
         if value is _UNSET or value is None or type(value) is RowBound:
             continue
-        given: Mapping[str, Any] = params
-        absent = [name for name in names if name not in params]
+        absent = [name for name in names if name not in given]
         if absent:
             pinned = {
                 name: scoped.value(params, name) if scoped is not None else _UNSET
@@ -321,8 +334,8 @@ def _bound_params(params: Mapping[str, Any], columns: Sequence[Bound]) -> Mappin
             }
             if _UNSET in pinned.values():
                 raise _missing(label, names, absent)
-            given = {**params, **pinned}
-        replaced[key] = RowBound(value, _pairs(bound, given.__getitem__))
+            given.update(pinned)
+        replaced[renamed.get(key, key)] = RowBound(value, _pairs(bound, given.__getitem__))
     return {**params, **replaced} if replaced else params
 
 
@@ -398,7 +411,7 @@ def _check_insert(statement: Any, table: Any, columns: Sequence[Bound], keys: se
     updated = {_key_of(target) for target in targets}
     for key, names, label, _ in columns:
         moved = [name for name in names if name in updated]
-        if moved and hasattr(table.c[key].type, "open_row_bound"):
+        if moved and _encrypted(table, key):
             raise ConfigurationError(
                 f"{table.name}: an upsert's update changes {', '.join(moved)}, which the "
                 f"values of {label} in the row it updates are bound to: they would become "
@@ -423,7 +436,7 @@ def _check_update(table: Any, columns: Sequence[Bound], keys: set[str]) -> None:
     """
     for key, names, label, _ in columns:
         moved = [name for name in names if name in keys]
-        if moved and key not in keys and hasattr(table.c[key].type, "open_row_bound"):
+        if moved and key not in keys and _encrypted(table, key):
             raise ConfigurationError(
                 f"{table.name}: a statement changes {', '.join(moved)} without {label}, "
                 f"whose values are bound to it and would become unreadable: set {key} in "
