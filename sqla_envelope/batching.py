@@ -82,7 +82,9 @@ def _before_execute(
             counts: dict[Any, int] = {}
             for row in multiparams:
                 if row.get(key) is not None:
-                    pairs = bound_pairs(key, type_.context_columns, row.__getitem__)
+                    # A row without its tenant raises InvalidValueError here, and
+                    # the statement's own hook the clear error (rows/sync.py).
+                    pairs = bound_pairs(key, type_.context_columns, row.get)
                     counts[pairs] = counts.get(pairs, 0) + 1
             for pairs, rows in counts.items():
                 encryptor.reserve(type_.row_context(pairs), rows)

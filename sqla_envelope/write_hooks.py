@@ -34,6 +34,7 @@ def listen_on_writes(
     statement: Callable[[Any, Any, Sequence[Any]], Any],
     params: Callable[[Mapping[str, Any], Sequence[Any]], Mapping[str, Any]],
     updates: Callable[[Any, Sequence[Any], set[str]], None] | None = None,
+    scope: Callable[[Any, Any, Sequence[Any]], Sequence[Any]] | None = None,
 ) -> Listener:
     """Listen on every Engine (idempotent per ``columns_of``) and return the listener.
 
@@ -42,6 +43,8 @@ def listen_on_writes(
     values; ``params(each, columns)`` each parameter set; ``updates(table,
     columns, keys)``, if given, sees the column keys each UPDATE sets (its
     ``.values()`` and each parameter set's), before anything is rewritten.
+    ``scope(conn, stmt, columns)``, if given, returns the columns to hand the
+    others for this one statement (what its connection or WHERE clause adds).
     """
 
     def before_execute(
@@ -53,6 +56,8 @@ def listen_on_writes(
         columns = columns_of(table)
         if not columns:
             return clauseelement, multiparams, given
+        if scope is not None:
+            columns = scope(conn, clauseelement, columns)
         if updates is not None and isinstance(clauseelement, Update):
             embedded = set(embedded_values(clauseelement))
             sets = [each for each in (multiparams or [given]) if isinstance(each, Mapping)]

@@ -48,8 +48,43 @@ class Models:
                 EncryptedType(sa.String, context_columns=("org", "region"))
             )
 
+        # Tenants in the primary key: text (Member), int (Seat).
+        class Member(base):  # type: ignore[valid-type, misc]
+            __tablename__ = "rowctx_members"
+            tenant_id: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+            id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+            ssn: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.String(20), context_columns=("tenant_id",))
+            )
+            cvc: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.String(4), context_columns=("tenant_id",)), deferred=True
+            )
+
+        class Seat(base):  # type: ignore[valid-type, misc]
+            __tablename__ = "rowctx_seats"
+            tenant_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+            id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+            ssn: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.String(20), context_columns=("tenant_id",))
+            )
+
+        class Letter(base):  # type: ignore[valid-type, misc]
+            # Two values bound to one tenant, outside the primary key.
+            __tablename__ = "rowctx_letters"
+            id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+            tenant_id: Mapped[int]
+            body: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.Text, context_columns=("tenant_id",))
+            )
+            sig: Mapped[str | None] = mapped_column(
+                EncryptedType(sa.String(20), context_columns=("tenant_id",)), deferred=True
+            )
+
         self.Patient = Patient
         self.Account = Account
+        self.Letter = Letter
+        self.Member = Member
+        self.Seat = Seat
 
 
 @pytest.fixture
@@ -210,6 +245,7 @@ def test_core_writes_and_reads(engine: sa.Engine, models: Models) -> None:
     [
         ("update-without-tenant", ConfigurationError),
         ("insert-without-tenant", ConfigurationError),
+        ("rows-one-without-tenant", ConfigurationError),
         ("null-tenant", InvalidValueError),
         ("multi-row-values", ConfigurationError),
         ("tenant-from-sql", ConfigurationError),
@@ -227,6 +263,10 @@ def test_a_write_that_cannot_bind_stores_nothing(
             table.update().where(table.c.id == 1).values(ssn=SECRET)
         ),
         "insert-without-tenant": lambda c: c.execute(table.insert(), [{"id": 5, "ssn": SECRET}]),
+        "rows-one-without-tenant": lambda c: c.execute(
+            table.insert(),
+            [{"id": 5, "tenant_id": 1, "ssn": SECRET}, {"id": 6, "ssn": SECRET}],
+        ),
         "null-tenant": lambda c: c.execute(
             table.insert(), [{"id": 5, "tenant_id": None, "ssn": SECRET}]
         ),
@@ -438,3 +478,308 @@ def test_a_sealed_value_opens_only_with_every_bound_value(
     with pytest.raises(InvalidValueError, match="NULL"):
         sealed.open(tenant_id=None)
     assert sealed.open(models.Patient(id=1, tenant_id=7)) == "111-11-1111"  # an ORM object
+
+
+def tenant_typed_table(engine: sa.Engine, metadata: sa.MetaData, tenant_type: Any) -> sa.Table:
+    table = sa.Table(
+        "rowctx_typed_tenant",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("tenant_id", tenant_type),
+        sa.Column("ssn", EncryptedType(sa.String(40), context_columns=("tenant_id",))),
+    )
+    metadata.create_all(engine)
+    return table
+
+
+def count_rows(engine: sa.Engine, table: sa.Table) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+@pytest.mark.parametrize(
+    ("tenant_type", "tenant"),
+    [(sa.Numeric(10, 0), 7), (sa.CHAR(8), "acme"), (sa.Float, 7)],
+)
+def test_a_bound_column_that_does_not_return_its_text_as_written_is_refused(
+    engine: sa.Engine, metadata: sa.MetaData, encryptor: Encryptor, tenant_type: Any, tenant: Any
+) -> None:
+    # A NUMERIC comes back a Decimal, a CHAR padded (PostgreSQL) or trimmed
+    # (MariaDB): a value bound to its text was stored, and never read again.
+    table = tenant_typed_table(engine, metadata, tenant_type)
+    with (
+        pytest.raises(ConfigurationError, match="str, int or UUID") as raised,
+        engine.begin() as conn,
+    ):
+        conn.execute(table.insert(), {"id": 1, "tenant_id": tenant, "ssn": SECRET})
+    assert SECRET not in str(raised.value)
+    assert count_rows(engine, table) == 0
+
+
+@pytest.mark.parametrize(
+    ("tenant_type", "given", "accepted"),
+    [
+        (sa.Integer, "07", False),
+        (sa.Integer, " 7", False),
+        (sa.Integer, "7", True),
+        (sa.Uuid(as_uuid=False), "abcdef78-1234-5678-1234-567812345678".upper(), False),
+        (sa.Uuid(as_uuid=False), "abcdef78123456781234567812345678", False),
+        (sa.Uuid(as_uuid=False), "abcdef78-1234-5678-1234-567812345678", True),
+        (sa.Uuid, uuid.UUID("abcdef78-1234-5678-1234-567812345678"), True),
+    ],
+)
+def test_a_bound_value_the_database_would_store_in_another_form_is_refused(
+    engine: sa.Engine,
+    metadata: sa.MetaData,
+    encryptor: Encryptor,
+    tenant_type: Any,
+    given: Any,
+    accepted: bool,
+) -> None:
+    # "07" in an INTEGER column is stored as 7: bound to "07", the value would
+    # never decrypt in its row again. Refused, or read back as written.
+    table = tenant_typed_table(engine, metadata, tenant_type)
+    row = {"id": 1, "tenant_id": given, "ssn": SECRET}
+    if not accepted:
+        with (
+            pytest.raises(ConfigurationError, match="as the database stores it"),
+            engine.begin() as conn,
+        ):
+            conn.execute(table.insert(), row)
+        assert count_rows(engine, table) == 0
+        return
+    with engine.begin() as conn:
+        conn.execute(table.insert(), row)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(table)).one().ssn == SECRET
+
+
+def test_a_tenant_in_the_primary_key_binds_updates_of_the_orm_and_by_primary_key(
+    engine: sa.Engine, models: Models
+) -> None:
+    # The ORM sends an unchanged primary key in the WHERE clause, never in SET:
+    # an UPDATE of the value must take the tenant from there.
+    Member, Seat = models.Member, models.Seat
+    with Session(engine) as session:
+        session.add_all([Member(tenant_id="acme", id=1, ssn="a"), Seat(tenant_id=7, id=1, ssn="a")])
+        session.commit()
+    with Session(engine) as session:
+        member, seat = session.get_one(Member, ("acme", 1)), session.get_one(Seat, (7, 1))
+        member.ssn, seat.ssn = "b", "b"
+        session.commit()
+    with Session(engine) as session:
+        assert session.get_one(Member, ("acme", 1)).ssn == "b"
+        # An int tenant compares exactly everywhere: a bulk UPDATE by primary key binds.
+        session.execute(sa.update(Seat), [{"tenant_id": 7, "id": 1, "ssn": "c"}])
+        session.commit()
+    with Session(engine) as session:
+        assert session.get_one(Seat, (7, 1)).ssn == "c"
+        assert session.get_one(Member, ("acme", 1)).ssn == "b"
+        # Text is not exact everywhere (MariaDB finds 'acme' with 'ACME' or 'acme '):
+        # by primary key, without an object the ORM loaded, it is refused.
+        with pytest.raises(ConfigurationError, match="without its row's tenant_id"):
+            session.execute(sa.update(Member), [{"tenant_id": "ACME", "id": 1, "ssn": SECRET}])
+        session.rollback()
+        table = Member.__table__
+        update = (
+            table.update()
+            .where(table.c.tenant_id == sa.bindparam("t"), table.c.id == sa.bindparam("i"))
+            .values(ssn=sa.bindparam("ssn"))
+        )
+        with pytest.raises(ConfigurationError), engine.begin() as conn:
+            conn.execute(update, {"t": "acme ", "i": 1, "ssn": SECRET})
+    with Session(engine) as session:
+        assert session.get_one(Member, ("acme", 1)).ssn == "b"
+
+
+def upsert_moving_tenant(engine: sa.Engine, table: sa.Table) -> Any:
+    """INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE setting only the tenant, per dialect."""
+    if engine.dialect.name in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        statement = mysql_insert(table).values(id=1, tenant_id=8, ssn="999-99-9999")
+        return statement.on_duplicate_key_update(tenant_id=statement.inserted.tenant_id)
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    upsert = insert(table).values(id=1, tenant_id=8, ssn="999-99-9999")
+    return upsert.on_conflict_do_update(
+        index_elements=["id"], set_={"tenant_id": upsert.excluded.tenant_id}
+    )
+
+
+@pytest.mark.parametrize("how", ["upsert", "from-select"])
+def test_an_upsert_or_insert_from_select_that_would_strand_a_value_is_refused(
+    engine: sa.Engine, models: Models, how: str
+) -> None:
+    # An upsert that moves the existing row to another tenant leaves its value
+    # bound to the old one; INSERT ... SELECT copies values into rows of any
+    # tenant. Both stored values that never decrypt again.
+    seed(engine, models)
+    table = models.Patient.__table__
+    if how == "upsert":
+        statement = upsert_moving_tenant(engine, table)
+    else:
+        statement = table.insert().from_select(
+            ["id", "tenant_id", "ssn"],
+            sa.select(table.c.id + 10, sa.literal(9), table.c.ssn),
+        )
+    before = {i: stored(engine, "rowctx_patients", i) for i in (1, 2)}
+    with pytest.raises(ConfigurationError) as raised, engine.begin() as conn:
+        conn.execute(statement)
+    assert SECRET not in str(raised.value)
+    assert {i: stored(engine, "rowctx_patients", i) for i in (1, 2)} == before
+    with Session(engine) as session:
+        rows = session.scalars(sa.select(models.Patient).order_by(models.Patient.id)).all()
+        assert [(p.id, p.tenant_id, p.ssn) for p in rows] == [
+            (1, 7, "111-11-1111"),
+            (2, 8, "222-22-2222"),
+        ]
+
+
+class Shard(int):
+    """An int whose str() is not its digits, as an IntEnum's is on Python 3.10."""
+
+    def __str__(self) -> str:
+        return "Shard.ONE"
+
+
+class Label(str):
+    """A str whose str() is not its text, as a (str, Enum) member's is."""
+
+    def __str__(self) -> str:
+        return "Label.EU"
+
+
+def test_int_and_str_subclasses_bind_by_their_value_as_the_database_returns_it(
+    engine: sa.Engine, models: Models
+) -> None:
+    # The database stores "eu" (and 1), and returns them as such: bound to
+    # str(value), the value was stored and never decrypted again.
+    from sqla_envelope.rows.values import text_of
+
+    assert (text_of("t.c", "n", Shard(1)), text_of("t.c", "n", Label("eu"))) == ("1", "eu")
+    assert type(text_of("t.c", "n", Label("eu"))) is str
+    with Session(engine) as session:
+        session.add(models.Account(id=1, org=uuid.uuid4(), region=Label("eu"), token="tok"))
+        if engine.dialect.name == "sqlite":  # its driver stores the int itself, not str()
+            session.add(models.Patient(id=1, tenant_id=Shard(1), ssn="111"))
+        session.commit()
+    with Session(engine) as session:
+        assert session.get_one(models.Account, 1).token == "tok"
+        patient = session.get(models.Patient, 1)
+        assert patient is None or patient.ssn == "111"
+
+
+def test_the_orm_moves_a_row_whose_tenant_is_part_of_its_primary_key(
+    engine: sa.Engine, models: Models
+) -> None:
+    # The ORM finds the row by the primary key it loaded: re-flagging the changed
+    # tenant made it look for the new one, and the UPDATE matched nothing.
+    Card = models.Member
+    with Session(engine) as session:
+        session.add(Card(tenant_id="acme", id=1, ssn="4111", cvc="123"))
+        session.commit()
+    with Session(engine) as session:
+        card = session.get_one(Card, ("acme", 1))
+        card.tenant_id = "globex"
+        session.commit()
+    with Session(engine) as session:
+        assert session.get(Card, ("acme", 1)) is None
+        card = session.get_one(Card, ("globex", 1))
+        assert (card.ssn, card.cvc) == ("4111", "123")
+        card.tenant_id = "globex"  # set to the value it holds, with a new value
+        card.ssn = "4222"
+        session.commit()
+    with Session(engine) as session:
+        assert session.get_one(Card, ("globex", 1)).ssn == "4222"
+    seed(engine, models)  # a tenant outside the key, set to its own value too
+    with Session(engine) as session:
+        patient = session.get_one(models.Patient, 1)
+        patient.tenant_id, patient.ssn = 7, "999-99-9999"
+        session.commit()
+    with Session(engine) as session:
+        assert session.get_one(models.Patient, 1).ssn == "999-99-9999"
+
+
+def test_one_of_two_values_bound_to_a_tenant_changes_through_the_orm(
+    engine: sa.Engine, models: Models
+) -> None:
+    # The UPDATE of one value carries the tenant, and a statement that sets the
+    # tenant without every value bound to it is refused: changing one value of
+    # a row with two was refused. The other is written again with it.
+    letter_type = models.Letter
+    with Session(engine) as session:
+        session.add(letter_type(id=1, tenant_id=7, body="dear", sig="ada"))
+        session.commit()
+    with Session(engine) as session:
+        letter = session.get_one(letter_type, 1)
+        letter.body = "dear all"
+        session.commit()
+    with Session(engine) as session:
+        letter = session.get_one(letter_type, 1)
+        assert (letter.body, letter.sig) == ("dear all", "ada")
+        letter.sig = "alan"  # the deferred one, the other loaded
+        session.commit()
+    with Session(engine) as session:
+        letter = session.get_one(letter_type, 1)
+        assert (letter.body, letter.sig) == ("dear all", "alan")
+        # A bulk UPDATE that gives the tenant cannot tell it from a move: refused
+        # unless it writes every value bound to it.
+        rows = [{"id": 1, "tenant_id": 7, "body": SECRET}]
+        with pytest.raises(ConfigurationError, match=r"without rowctx_letters\.sig"):
+            session.execute(sa.update(letter_type), rows)
+        session.rollback()
+        session.execute(sa.update(letter_type), [{**rows[0], "sig": "grace"}])
+        session.commit()
+    with Session(engine) as session:
+        letter = session.get_one(letter_type, 1)
+        assert (letter.body, letter.sig) == (SECRET, "grace")
+
+
+def test_parameters_that_override_values_bind_the_value_to_what_the_row_holds(
+    engine: sa.Engine, models: Models
+) -> None:
+    # Execution parameters override a statement's own .values(): the value was
+    # bound to the tenant of .values() and stored in a row of the parameters' one.
+    table = models.Patient.__table__
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(id=1, ssn="111", tenant_id=7), {"tenant_id": 8})
+        conn.execute(table.insert().values(id=2, tenant_id=7), {"ssn": "222"})
+        conn.execute(
+            table.update().where(table.c.id == 2).values(ssn="333", tenant_id=7),
+            {"tenant_id": 9},
+        )
+    with Session(engine) as session:
+        rows = session.scalars(sa.select(models.Patient).order_by(models.Patient.id)).all()
+        assert [(p.tenant_id, p.ssn) for p in rows] == [(8, "111"), (9, "333")]
+
+
+def test_values_given_as_renamed_parameters_bind(engine: sa.Engine, models: Models) -> None:
+    # SQLAlchemy's executemany UPDATE: .values(col=bindparam("other_name")).
+    seed(engine, models)
+    table = models.Patient.__table__
+    update = (
+        table.update()
+        .where(table.c.id == sa.bindparam("row_id"))
+        .values(ssn=sa.bindparam("new_ssn"), tenant_id=sa.bindparam("new_tenant"))
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            update,
+            [
+                {"row_id": 1, "new_ssn": "333", "new_tenant": 7},
+                {"row_id": 2, "new_ssn": "444", "new_tenant": 9},
+            ],
+        )
+        with pytest.raises(ConfigurationError, match="without its row's tenant_id"):
+            conn.execute(
+                table.update()
+                .where(table.c.id == sa.bindparam("row_id"))
+                .values(ssn=sa.bindparam("new_ssn")),
+                [{"row_id": 1, "new_ssn": SECRET}],
+            )
+    with Session(engine) as session:
+        rows = session.scalars(sa.select(models.Patient).order_by(models.Patient.id)).all()
+        assert [(p.tenant_id, p.ssn) for p in rows] == [(7, "333"), (9, "444")]

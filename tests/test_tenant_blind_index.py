@@ -126,3 +126,7 @@ def test_matching_refuses_what_it_cannot_look_up(engine: sa.Engine, patient: typ
         matching(patient.ssn, "123-45-6789", tenant_id=7, region="eu")
     with pytest.raises(ConfigurationError, match="not an EncryptedType"):
         matching(patient.tenant_id, 7, tenant_id=7)
+    # "07" finds tenant 7's rows in an INTEGER column (SQLite, MariaDB), hashed as
+    # "07": none would match, silently. Refused, as a write of "07" is.
+    with pytest.raises(ConfigurationError, match="as the database stores it"):
+        matching(patient.ssn, "123-45-6789", tenant_id="07")

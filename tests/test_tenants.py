@@ -211,6 +211,28 @@ class TestBranchKeys:
             assert Encryptor(tenants).decrypt(sealed, {"tenant_id": tenant}) == b"v"
         assert len(tenants.tenants()) == 5  # "ACME" and "acme" are two tenants
 
+    def test_tenants_that_differ_in_trailing_spaces_never_share_a_key(
+        self, engine: sa.Engine, tenants: TenantKeyring
+    ) -> None:
+        # MySQL and MariaDB compare text ignoring trailing spaces, utf8mb4_bin too:
+        # "acme " found acme's branch key, so its values were wrapped under it and
+        # never read again, and shred("acme ") destroyed acme's keys.
+        encryptor = Encryptor(tenants)
+        sealed = encryptor.encrypt(b"v", {"tenant_id": "acme"})
+        padded = engine.dialect.name in ("mysql", "mariadb")  # the table cannot hold both
+        if padded:
+            with pytest.raises(KeyringError, match="trailing spaces"):
+                encryptor.encrypt(b"w", {"tenant_id": "acme "})
+            with pytest.raises(KeyringError):
+                tenants.shred("acme ")
+        else:
+            other = encryptor.encrypt(b"w", {"tenant_id": "acme "})
+            assert Encryptor(tenants).decrypt(other, {"tenant_id": "acme "}) == b"w"
+            tenants.shred("acme ")
+        Encryptor(tenants).clear_cache()
+        assert Encryptor(tenants).decrypt(sealed, {"tenant_id": "acme"}) == b"v"
+        assert [(r.tenant, r.destroyed) for r in tenants.store.records("acme")] == [("acme", False)]
+
     def test_a_tenant_too_long_for_a_key_reference_stores_nothing(
         self, tenants: TenantKeyring
     ) -> None:
@@ -402,6 +424,37 @@ class TestShredding:
             ("tenant_notes", ("body", "title"), 0),
         }
         assert _read_all(engine, patient, "acme") == {1: "ssn-1", 2: "ssn-2"}
+
+    def test_exposure_counts_only_rows_whose_tenant_text_is_the_tenants(
+        self, engine: sa.Engine, metadata: sa.MetaData
+    ) -> None:
+        # A value's context holds its row's tenant as text: tenant "07" has no row
+        # in an INTEGER column (7 reads as "7"), nor "acme " the rows of "acme".
+        from sqla_envelope.tenants.exposure import tenant_exposure
+
+        for name, tenant_type, stored in (
+            ("by_int", sa.Integer, 7),
+            ("by_text", sa.String(9), "acme"),
+        ):
+            table = sa.Table(
+                f"tenant_exposure_{name}",
+                metadata,
+                sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                sa.Column("tenant_id", tenant_type),
+                sa.Column("v", EncryptedType(sa.String(9), context_columns=("tenant_id",))),
+            )
+            metadata.create_all(engine)
+            with engine.begin() as conn:
+                conn.execute(table.insert(), {"id": 1, "tenant_id": stored, "v": None})
+
+        def rows(tenant: str) -> dict[str, int]:
+            found = tenant_exposure(engine, metadata, "tenant_id", tenant)
+            return {exposure.table: exposure.rows for exposure in found}
+
+        assert rows("7") == {"tenant_exposure_by_int": 1, "tenant_exposure_by_text": 0}
+        assert rows("acme") == {"tenant_exposure_by_int": 0, "tenant_exposure_by_text": 1}
+        for other in ("07", "-0", "+7", "acme ", "ACME"):
+            assert set(rows(other).values()) == {0}, other
 
 
 class TestOwnKeyringPerTenant:

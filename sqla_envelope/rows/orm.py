@@ -20,8 +20,9 @@ from typing import Any
 from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
-from sqlalchemy.orm.base import LoaderCallableStatus
+from sqlalchemy.orm.base import NO_VALUE, LoaderCallableStatus
 
+from .sync import vouch
 from .values import SealedValue
 
 __all__ = ["install"]
@@ -61,18 +62,33 @@ def _before_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
         return
     state = inspect(target)
     changed = state.committed_state
-    for key, bound, encrypted in bindings:
-        moved = any(name in changed for name in bound)
-        if key not in changed and not moved:
-            continue
-        if not encrypted:
-            # A blind index: its hash is made again from its value, which moves too.
-            if key in changed:
-                for name in bound:
-                    getattr(target, name)
-                    flag_modified(target, name)
-            continue
-        if moved and key not in changed:
+    touched = set(changed)  # what the flush writes, before anything is flagged here
+    # The UPDATE carries the bound columns of each value it writes, and a
+    # statement that sets a bound column without every value bound to it is
+    # refused (rows/sync.py): so every other value bound to one of them is
+    # written again with it, until none is left out.
+    carried: set[str] = set()
+    written: list[tuple[str, tuple[str, ...]]] = []
+    grown = True
+    while grown:
+        grown = False
+        for key, bound, encrypted in bindings:
+            if (key, bound) in written:
+                continue
+            hit = key in touched or (
+                encrypted and any(name in touched or name in carried for name in bound)
+            )
+            if hit:
+                written.append((key, bound))
+                carried.update(bound)
+                grown = True
+    if not carried:
+        return
+    encrypted_keys = {key for key, _, encrypted in bindings if encrypted}
+    for key, bound in written:
+        if key not in encrypted_keys:
+            continue  # a blind index set by the application: hashed from its value
+        if key not in touched:
             # Read under the values in the database, written under the new ones.
             current = state.dict.get(key, _ABSENT)
             if current is _ABSENT or type(current) is SealedValue:
@@ -80,9 +96,49 @@ def _before_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
             # Set again even when NULL: an UPDATE that moves the row must say so.
             set_committed_value(target, key, current)
             flag_modified(target, key)
-        for name in bound:
-            getattr(target, name)  # loads it if expired: the UPDATE must carry it
+        _vouch_key(mapper, connection, state, key, bound)
+    _carry(target, changed, tuple(sorted(carried)))
+
+
+def _carry(target: Any, changed: Any, bound: tuple[str, ...]) -> None:
+    """Make the UPDATE carry the bound columns, changed or not.
+
+    One changed to another value is carried already, and is left alone:
+    flag_modified would replace the value it was loaded with, by which the ORM
+    finds a row whose primary key it is (the UPDATE would then look for the new
+    key, and match nothing).
+    """
+    for name in bound:
+        value = getattr(target, name)  # loads it if expired: the UPDATE must carry it
+        loaded = changed.get(name, NO_VALUE)
+        if isinstance(loaded, LoaderCallableStatus) or loaded == value:
             flag_modified(target, name)
+
+
+def _vouch_key(
+    mapper: Mapper[Any], connection: Any, state: Any, key: str, bound: tuple[str, ...]
+) -> None:
+    """Vouch for the row's primary key when a bound column is part of it.
+
+    The ORM sends an unchanged primary key in the UPDATE's WHERE, never in its
+    SET: rows/sync.py then takes the bound value from there, for a row vouched
+    for with the values it was loaded with.
+    """
+    table: Any = mapper.column_attrs[key].columns[0].table
+    columns = mapper.column_attrs
+    if not any(columns[name].columns[0].primary_key for name in bound):
+        return
+    values = []
+    for column in table.primary_key.columns:
+        name = mapper.get_property_by_column(column).key
+        # As loaded: a key changed in memory is found by its old value.
+        value = state.committed_state.get(name, _ABSENT)
+        if value is _ABSENT or isinstance(value, LoaderCallableStatus):  # flag_modified's mark
+            value = state.dict.get(name, _ABSENT)
+        if value is _ABSENT or isinstance(value, LoaderCallableStatus):
+            return
+        values.append(value)
+    vouch(connection, table, tuple(values))
 
 
 def _as_stored(

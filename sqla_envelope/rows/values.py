@@ -56,12 +56,14 @@ def text_of(label: str, name: str, value: Any) -> str:
     was written: str, int and UUID. A float, a date or a Decimal would come back
     formatted by the driver, and the value would no longer decrypt.
     """
+    # A subclass's own str() is not its value: an IntEnum's is "Shard.ONE" on
+    # Python 3.10, a (str, Enum) member's "Region.EU"; the database returns the value.
     if isinstance(value, str):
-        return value
+        return str.__str__(value)
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        return str(int(value))
     if isinstance(value, uuid.UUID):
-        return str(value)
+        return uuid.UUID.__str__(value)
     if value is None:
         raise InvalidValueError(
             f"{label} is bound to its row's {name}, which is NULL here: "

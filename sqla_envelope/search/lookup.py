@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from ..errors import ConfigurationError
 from ..maintenance.rotation import encrypted_column
+from ..rows.sync import checked_pairs
 from ..rows.values import bound_pairs
 from .blind_index import BlindIndex, IndexDigest
 
@@ -46,8 +47,10 @@ def matching(column: Any, value: Any, **bound: Any) -> sa.ColumnElement[bool]:
             f"the blind index of {table.name}.{col.key} is bound to "
             f"{', '.join(names) or 'nothing'}: give exactly those"
         )
-    label = f"{table.name}.{col.key}"
-    pairs = bound_pairs(label, names, bound.__getitem__)
+    if names == getattr(col.type, "context_columns", ()):
+        pairs = checked_pairs(table, col.key, bound.__getitem__)
+    else:
+        pairs = bound_pairs(f"{table.name}.{col.key}", names, bound.__getitem__)
     hashed: list[sa.ColumnElement[bool]] = [
         index == IndexDigest(type_.digest(value, pairs) or b"") for index, type_ in indexes
     ]

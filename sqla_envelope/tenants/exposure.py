@@ -33,18 +33,33 @@ def bound_columns(metadata: sa.MetaData, field: str) -> dict[sa.Table, tuple[str
     return found
 
 
-def _matches(column: sa.Column[Any], tenant: str) -> Any:
-    """``column`` holds ``tenant``, the text the context carries, compared in the column's type."""
+def _matches(column: sa.Column[Any], tenant: str, dialect: str) -> Any:
+    """``column`` holds ``tenant``, the text the context carries, compared in the column's type.
+
+    Exactly: an integer column holds tenant "7" only as 7, never "07" or "+7"; and
+    MySQL and MariaDB, which compare text ignoring trailing spaces (and case, in
+    most collations), compare the bytes too.
+    """
     try:
         python_type = column.type.python_type
     except NotImplementedError:
         python_type = str
     if python_type is int:
-        digits = tenant.lstrip("-")
-        return column == int(tenant) if digits.isdigit() and digits.isascii() else sa.false()
-    if python_type is str:
-        return column == tenant
-    return sa.cast(column, sa.String) == tenant
+        number = _integer(tenant)
+        return column == number if number is not None else sa.false()
+    if python_type is not str:
+        return sa.cast(column, sa.String) == tenant
+    if dialect in ("mysql", "mariadb"):
+        return sa.and_(column == tenant, sa.cast(column, sa.LargeBinary) == tenant.encode())
+    return column == tenant
+
+
+def _integer(text: str) -> int | None:
+    """The int whose text is ``text`` exactly, if there is one."""
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or str(int(text)) != text:
+        return None
+    return int(text)
 
 
 def tenant_exposure(
@@ -54,7 +69,8 @@ def tenant_exposure(
     found = []
     with engine.connect() as conn:
         for table, names in bound_columns(metadata, field).items():
-            query = sa.select(sa.func.count()).where(_matches(table.c[field], tenant))
+            matches = _matches(table.c[field], tenant, engine.dialect.name)
+            query = sa.select(sa.func.count()).where(matches)
             rows = conn.execute(query.select_from(table)).scalar_one()
             found.append(Exposure(table.fullname, names, int(rows)))
     return found

@@ -123,19 +123,45 @@ class SqlBranchKeyStore:
         except sa.exc.SQLAlchemyError as exc:
             raise self._failure(action, exc).chain(exc) from exc
 
+    def _is(self, tenant: str) -> Any:
+        """The condition for ``tenant``'s rows, compared exactly.
+
+        MySQL and MariaDB compare text ignoring trailing spaces, in utf8mb4_bin too:
+        "acme " would find acme's keys (use them, destroy them). Their bytes compare
+        exactly.
+        """
+        column = self.table.c.tenant
+        if self.engine.dialect.name not in ("mysql", "mariadb"):
+            return column == tenant
+        return sa.and_(column == tenant, sa.cast(column, sa.LargeBinary) == tenant.encode())
+
+    def _clash(self, conn: Connection, tenant: str) -> KeyringError | None:
+        """The error for a tenant the table cannot hold beside another it takes for the same."""
+        t = self.table
+        others = conn.execute(
+            sa.select(t.c.tenant).where(t.c.tenant == tenant, sa.not_(self._is(tenant))).limit(1)
+        ).scalar()
+        if others is None:
+            return None
+        return KeyringError(
+            f"branch key table {t.name!r}: tenant {tenant!r} cannot have a key beside "
+            f"tenant {others!r}: MySQL and MariaDB compare text ignoring trailing spaces, "
+            "so the table takes them for one; give tenants ids without trailing spaces"
+        )
+
     def _record(self, row: Any) -> BranchKeyRecord:
         wrapped = decode_copies(row.wrapped) if row.wrapped is not None else None
         return BranchKeyRecord(row.tenant, row.version, wrapped, row.created_at, row.destroyed_at)
 
     def active(self, tenant: str) -> BranchKeyRecord | None:
         t = self.table
-        query = sa.select(t).where(t.c.tenant == tenant).order_by(t.c.version.desc()).limit(1)
+        query = sa.select(t).where(self._is(tenant)).order_by(t.c.version.desc()).limit(1)
         row = self._run("read", lambda conn: conn.execute(query).first())
         return self._record(row) if row is not None else None
 
     def version(self, tenant: str, version: int) -> BranchKeyRecord | None:
         t = self.table
-        query = sa.select(t).where(t.c.tenant == tenant, t.c.version == version)
+        query = sa.select(t).where(self._is(tenant), t.c.version == version)
         row = self._run("read", lambda conn: conn.execute(query).first())
         return self._record(row) if row is not None else None
 
@@ -151,7 +177,10 @@ class SqlBranchKeyStore:
         try:
             with self.engine.begin() as conn:
                 conn.execute(self.table.insert(), values)
-        except sa.exc.IntegrityError:
+        except sa.exc.IntegrityError as exc:
+            clash = self._run("read", lambda conn: self._clash(conn, record.tenant))
+            if clash is not None:
+                raise clash from exc
             return False  # that version exists: another writer got there first
         except sa.exc.SQLAlchemyError as exc:
             raise self._failure("insert", exc).chain(exc) from exc
@@ -162,8 +191,11 @@ class SqlBranchKeyStore:
         for _ in range(_DESTROY_RETRIES):
 
             def work(conn: Connection) -> tuple[int, ...]:
+                clash = self._clash(conn, tenant)
+                if clash is not None:
+                    raise clash
                 rows = conn.execute(
-                    sa.select(t.c.version, t.c.wrapped).where(t.c.tenant == tenant)
+                    sa.select(t.c.version, t.c.wrapped).where(self._is(tenant))
                 ).all()
                 live = tuple(r.version for r in rows if r.wrapped is not None)
                 top = max((r.version for r in rows), default=0)
@@ -172,7 +204,7 @@ class SqlBranchKeyStore:
                 now = _now()
                 conn.execute(
                     t.update()
-                    .where(t.c.tenant == tenant, t.c.wrapped.is_not(None))
+                    .where(self._is(tenant), t.c.wrapped.is_not(None))
                     .values(wrapped=None, master_key=None, destroyed_at=now)
                 )
                 tombstone = {"tenant": tenant, "version": top + 1}
@@ -193,7 +225,7 @@ class SqlBranchKeyStore:
         t = self.table
         statement = (
             t.update()
-            .where(t.c.tenant == tenant, t.c.version == version)
+            .where(self._is(tenant), t.c.version == version)
             .where(t.c.wrapped == encode_copies(old))
             .values(wrapped=encode_copies(new), master_key=new[0].key_ref)
         )
@@ -203,7 +235,7 @@ class SqlBranchKeyStore:
         t = self.table
         query = sa.select(t).order_by(t.c.tenant, t.c.version)
         if tenant is not None:
-            query = query.where(t.c.tenant == tenant)
+            query = query.where(self._is(tenant))
         rows = self._run("read", lambda conn: conn.execute(query).all())
         return iter([self._record(row) for row in rows])
 
