@@ -30,6 +30,9 @@ from sqla_envelope import (
     rewrap,
     unpack_envelope,
 )
+from sqla_envelope.context import EncryptionContext
+from sqla_envelope.keyrings._kms_pool import DataKeyPool
+from sqla_envelope.keyrings.base import DataKey
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 
@@ -448,3 +451,48 @@ def test_rewrap_between_kms_keys_runs_its_kms_calls_concurrently(
     changed = rewrap(engine, person.ssn, new_keyring(new.arn, prefetch=0))
     assert changed == 12
     assert latency.peak > 1
+
+
+class _Recovering:
+    """A GenerateDataKey that refuses the first request at once, answers "down" to the
+    three others of its batch when ``answer`` is set, and succeeds once KMS is back."""
+
+    def __init__(self) -> None:
+        self.back = False
+        self.answer = threading.Event()
+        self.waiting = threading.Semaphore(0)
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, context: EncryptionContext) -> DataKey:
+        with self._lock:
+            self.calls += 1
+            first = self.calls == 1
+        if self.back:
+            return DataKey(os.urandom(32), ())
+        if first:
+            raise KeyringError("first refusal")
+        self.waiting.release()
+        assert self.answer.wait(30)
+        raise KeyringError("an answer of the failed batch")
+
+
+def test_a_failed_batchs_requests_still_in_flight_do_not_fail_the_next_batch() -> None:
+    # As a read's unwraps (d4f293d), so a write's data keys made ahead: a statement
+    # run again once KMS is back got the failure of a request of the statement
+    # that had failed, answered after the new batch had started.
+    kms = _Recovering()
+    pool = DataKeyPool(kms, size=4, workers=4)
+    context = EncryptionContext({"table": "people", "column": "ssn"})
+    pool.reserve(context, 4)
+    with pytest.raises(KeyringError, match="first refusal"):
+        pool.take(context)
+    for _ in range(3):  # the others of that batch are under way
+        assert kms.waiting.acquire(timeout=30)
+    kms.back = True
+    pool.reserve(context, 4)  # the statement again
+    kms.answer.set()  # the old requests' answers arrive now
+    try:
+        assert len({pool.take(context).plaintext for _ in range(4)}) == 4
+    finally:
+        pool.close()
