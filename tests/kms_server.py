@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -107,6 +108,10 @@ class Recorder:
     failures: dict[str, tuple[str, int]] = field(default_factory=dict)
     # How many more answers of an operation fail; absent: every one.
     remaining: dict[str, int] = field(default_factory=dict)
+    # Requests are sent from many threads at once (data keys made ahead, a
+    # result's unwraps): ``remaining -= 1`` is a read and a write, and two
+    # threads interleaving there would both fail where one should pass.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __repr__(self) -> str:
         # botocore's DEBUG log shows each hook as "<bound method ... of Recorder(...)>":
@@ -143,13 +148,16 @@ class Recorder:
         """Record the attempt; return an error response to send in its place, or None."""
         operation = event_name.rsplit(".", 1)[-1]
         self.sends.append(operation)
-        if operation not in self.failures:
+        fault = self.failures.get(operation)  # one read: a test may clear them meanwhile
+        if fault is None:
             return None
-        if operation in self.remaining:
-            self.remaining[operation] -= 1
-            if self.remaining[operation] < 0:
-                return None
-        code, status = self.failures[operation]
+        with self._lock:
+            left = self.remaining.get(operation)
+            if left is not None:
+                self.remaining[operation] = left - 1
+                if left < 1:
+                    return None
+        code, status = fault
         body = json.dumps({"__type": code, "message": f"injected {code}"}).encode()
         headers: Any = {
             "Content-Type": "application/x-amz-json-1.1",

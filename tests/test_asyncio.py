@@ -241,7 +241,9 @@ class RemoteLikeKeyring(LocalKeyring):
     """A LocalKeyring that poses as a remote one: it reserves, and unwraps slowly.
 
     Records reservations, the threads that generate and unwrap, and how many
-    unwraps ran at the same time.
+    unwraps ran at the same time. With ``gather`` set, an unwrap also waits until
+    that many have run at once (for at most 10 s, then gathering stops): unwraps
+    that are really concurrent then overlap whatever the machine's load.
     """
 
     unwraps_remotely = True
@@ -254,7 +256,8 @@ class RemoteLikeKeyring(LocalKeyring):
         self.unwrap_threads: list[int] = []
         self.running = 0
         self.most_at_once = 0
-        self._lock = threading.Lock()
+        self.gather = 0
+        self._lock = threading.Condition()
 
     def reserve_data_keys(self, context: EncryptionContext, count: int) -> None:
         self.reservations.append((context.as_dict(), count))
@@ -270,6 +273,11 @@ class RemoteLikeKeyring(LocalKeyring):
             self.unwrap_threads.append(threading.get_ident())
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
+            self._lock.notify_all()
+            if self.gather and not self._lock.wait_for(
+                lambda: self.most_at_once >= self.gather, timeout=10
+            ):
+                self.gather = 0
         try:
             if self.delay:
                 time.sleep(self.delay)
@@ -377,6 +385,7 @@ class TestEngineEvents:
                 async with engine.begin() as conn:
                     await conn.execute(sa.insert(NOTES), rows)
                 encryptor.clear_cache()
+                keyring.gather = 2
                 async with engine.connect() as conn:
                     result = await conn.execute(sa.select(NOTES).order_by(NOTES.c.id))
                     # Every key is unwrapped, none decrypted yet...
@@ -387,6 +396,7 @@ class TestEngineEvents:
                 after = encryptor.stats()
                 assert (after["unwraps"], after["cache_hits"]) == (8, 8)
                 assert keyring.most_at_once > 1
+                keyring.gather = 0
 
                 # The ORM buffers the rows inside session.execute: same counts.
                 async with AsyncSession(engine) as session:
@@ -460,7 +470,7 @@ class TestEngineEvents:
         for it there would wait for ``unwrap_timeout``, then raise KeyringError.
         """
         keyring, _ = remote
-        encryptor = Encryptor(keyring, prefetch=False, unwrap_timeout=5)
+        encryptor = Encryptor(keyring, prefetch=False, unwrap_timeout=10)
         sqla_envelope.configure(encryptor)
 
         async def scenario() -> None:

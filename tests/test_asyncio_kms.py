@@ -57,7 +57,7 @@ class Sends:
     ``released`` tells, for each, whether it was released or timed out.
     """
 
-    HOLD_TIMEOUT = 5.0
+    HOLD_TIMEOUT = 30.0
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, int]] = []

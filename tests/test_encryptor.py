@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from sqla_envelope import (
     configure,
     get_default_encryptor,
 )
+from sqla_envelope import cache as cache_module
 from sqla_envelope.cache import KeyCache
 from sqla_envelope.context import EncryptionContext
 from sqla_envelope.envelope import WrappedKey, unpack
@@ -227,8 +228,42 @@ def test_concurrent_misses_on_different_keys_load_in_parallel() -> None:
     assert keyring.unwrap_calls == 8
 
 
-def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
-    keyring = _keyring(delay=0.1)
+def _until(condition: Callable[[], bool]) -> None:
+    """Wait for another thread to get somewhere (it fails the test if it never does)."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "the other thread never got there"
+        time.sleep(0.001)
+
+
+class _WatchedLock:
+    """A flight's lock that counts the callers who came to wait on it."""
+
+    def __init__(self, lock: Any, waiting: list[int]) -> None:
+        self._lock = lock
+        self._waiting = waiting
+
+    def acquire(self, *args: Any, **kwargs: Any) -> bool:
+        self._waiting.append(1)  # list.append: atomic, as the count must be
+        return bool(self._lock.acquire(*args, **kwargs))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def test_a_failed_load_reaches_every_waiter_and_is_not_cached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waiting: list[int] = []
+
+    class WatchedFlight(cache_module._Flight):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lock = _WatchedLock(self.lock, waiting)  # type: ignore[assignment]
+
+    monkeypatch.setattr(cache_module, "_Flight", WatchedFlight)
+    keyring = _keyring()
+    keyring.gate = threading.Event()
     enc = Encryptor(keyring)
     envelope = enc.encrypt(b"v", CTX)
     keyring.fail_with = TimeoutError("kms timed out")
@@ -243,6 +278,9 @@ def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
     threads = [threading.Thread(target=reader) for _ in range(4)]
     for thread in threads:
         thread.start()
+    # The unwrap fails only once the three others wait for it.
+    _until(lambda: len(waiting) == 3)
+    keyring.gate.set()
     for thread in threads:
         thread.join()
     assert len(errors) == 4
@@ -261,9 +299,7 @@ def test_a_wait_for_another_threads_unwrap_ends_after_unwrap_timeout() -> None:
     results: list[bytes] = []
     leader = threading.Thread(target=lambda: results.append(enc.decrypt(envelope, CTX)))
     leader.start()
-    deadline = time.monotonic() + 10
-    while keyring.unwrap_calls == 0 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    _until(lambda: keyring.unwrap_calls == 1)
     try:
         with pytest.raises(KeyringError, match="another thread's unwrap"):
             enc.decrypt(envelope, CTX)
@@ -288,13 +324,15 @@ def test_only_data_key_ciphers_are_cached_never_plaintext() -> None:
 
 
 def test_clear_cache_during_a_load_keeps_nothing() -> None:
-    keyring = _keyring(delay=0.2)
+    keyring = _keyring()
+    keyring.gate = threading.Event()
     enc = Encryptor(keyring)
     envelope = enc.encrypt(b"v", CTX)
     reader = threading.Thread(target=enc.decrypt, args=(envelope, CTX))
     reader.start()
-    time.sleep(0.05)
+    _until(lambda: keyring.unwrap_calls == 1)  # the load is under way
     enc.clear_cache()
+    keyring.gate.set()
     reader.join()
     assert enc.stats()["cached_keys"] == 0
 
@@ -380,7 +418,7 @@ def test_unwrap_all_starts_while_the_envelopes_are_still_coming() -> None:
 
     def arriving() -> Iterator[bytes]:
         yield from envelopes[:5]
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while keyring.unwrap_calls == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
         started_early.append(keyring.unwrap_calls > 0)
@@ -459,7 +497,7 @@ class _OneTenantDownKeyring(LocalKeyring):
         self, wrapped_keys: Sequence[WrappedKey], context: EncryptionContext
     ) -> bytes:
         if self.refusing and context["t"] == "a":
-            self.b_started.wait(5)
+            self.b_started.wait(30)
             raise KeyringError("tenant a's key service is down")
         with self._lock:
             self.running += 1

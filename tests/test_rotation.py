@@ -20,6 +20,8 @@ from sqla_envelope import (
     rewrap,
     unpack_envelope,
 )
+from sqla_envelope.context import EncryptionContext
+from sqla_envelope.keyrings.base import DataKey
 from sqla_envelope.maintenance import Shard, reencrypt, rewrap_column, verify
 from sqla_envelope.migrations import decrypt_column, encrypt_column
 
@@ -164,11 +166,23 @@ def test_concurrent_writers_during_rewrap_lose_nothing(
     stop = threading.Event()
     last: dict[int, str] = {}
     errors: list[BaseException] = []
+    # The writer writes once for each value the rewrap seals, while it works on
+    # its batch. Writing as fast as it could, it held SQLite's write lock nearly
+    # all the time: on a loaded machine the rewrap's SELECT waited past SQLite's
+    # 5 s busy timeout and failed with "database is locked".
+    turns = threading.Semaphore(0)
+    seal = new_keys.generate_data_key
+
+    def generate_data_key(context: EncryptionContext) -> DataKey:
+        turns.release()
+        return seal(context)
+
+    new_keys.generate_data_key = generate_data_key  # type: ignore[method-assign]
 
     def writer() -> None:
         n = 0
         try:
-            while not stop.is_set():
+            while turns.acquire() and not stop.is_set():
                 row_id = n % ROWS
                 value = f"w{n}"
                 with engine.begin() as conn:
@@ -187,6 +201,7 @@ def test_concurrent_writers_during_rewrap_lose_nothing(
         rewrap(engine, people.c.ssn, new_keys, batch_size=3)
     finally:
         stop.set()
+        turns.release()
         thread.join()
     assert not errors
     sqla_envelope.configure(Encryptor(new_keys))

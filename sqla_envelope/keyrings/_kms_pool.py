@@ -25,7 +25,7 @@ __all__ = ["DataKeyPool"]
 class _Lane:
     """The keys of one encryption context: ready ones, and how many are coming."""
 
-    __slots__ = ("active", "context", "failure", "in_flight", "ready", "wanted")
+    __slots__ = ("active", "batch", "context", "failure", "in_flight", "ready", "wanted")
 
     def __init__(self, context: EncryptionContext) -> None:
         self.context = context
@@ -34,6 +34,7 @@ class _Lane:
         self.wanted = 0  # keys reserved and not yet taken
         self.active = 0.0  # when a writer last reserved or took a key
         self.failure: Exception | None = None  # the first failed request of this batch
+        self.batch = 0  # which reservation the requests started now are for
 
 
 class DataKeyPool:
@@ -103,11 +104,13 @@ class DataKeyPool:
             return  # one value gains nothing from a worker
         with self._lock:
             lane = self._lane(context)
-            lane.failure = None  # a new batch: an earlier one's error is not its own
+            lane.failure = None  # a new batch: an earlier one's error is not its own,
+            lane.batch += 1  # nor that of a request of it still in flight
             lane.wanted += count
             lane.active = self._clock()
             start = self._top_up(lane)
-        self._schedule(lane, start)
+            batch = lane.batch
+        self._schedule(lane, start, batch)
 
     def take(self, context: EncryptionContext) -> DataKey:
         """A fresh data key for ``context``: a ready one, one on its way, or one generated now.
@@ -137,10 +140,11 @@ class DataKeyPool:
             lane.wanted = max(0, lane.wanted - 1)
             lane.active = now
             start = self._top_up(lane)
-        self._schedule(lane, start)
+            batch = lane.batch
+        self._schedule(lane, start, batch)
         return taken if taken is not None else self._generate(context)
 
-    def _schedule(self, lane: _Lane, count: int) -> None:
+    def _schedule(self, lane: _Lane, count: int, batch: int) -> None:
         if count <= 0:
             return
         if self._closed:
@@ -156,9 +160,9 @@ class DataKeyPool:
                     )
                 executor = self._executor
         for _ in range(count):
-            executor.submit(self._fill, lane, self._pid)
+            executor.submit(self._fill, lane, self._pid, batch)
 
-    def _fill(self, lane: _Lane, pid: int) -> None:
+    def _fill(self, lane: _Lane, pid: int, batch: int) -> None:
         failure: Exception | None = None
         try:
             data_key: DataKey | None = self._generate(lane.context)
@@ -168,11 +172,20 @@ class DataKeyPool:
             lane.in_flight = max(0, lane.in_flight - 1)
             if data_key is not None and not self._closed and pid == self._pid:
                 lane.ready.append((self._clock(), data_key))
-            if failure is not None and lane.wanted > 0 and lane.failure is None:
-                lane.failure = failure  # the first only; the rest of the batch is moot
+            # The first failure of the batch it was made for, only: a request left
+            # over from a failed statement must not fail the next one, whose own
+            # requests may well succeed (KMS is back); that batch asks again instead.
+            if (
+                failure is not None
+                and batch == lane.batch
+                and lane.wanted > 0
+                and lane.failure is None
+            ):
+                lane.failure = failure  # the rest of the batch is moot
             more = self._top_up(lane)
+            batch = lane.batch
             self._lock.notify_all()
-        self._schedule(lane, more)
+        self._schedule(lane, more, batch)
 
     def pooled(self) -> int:
         """How many keys are ready now (for tests and monitoring)."""
