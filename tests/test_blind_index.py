@@ -238,6 +238,30 @@ def test_a_source_set_from_an_sql_expression_is_refused(engine: sa.Engine, users
         conn.execute(table.update().values(email=table.c.phone))
 
 
+def test_a_source_set_from_a_parameter_of_another_name_is_refused(
+    engine: sa.Engine, users: Any
+) -> None:
+    # SQLAlchemy's executemany UPDATE names its parameters: the index set NULL
+    # for every row, so a lookup by the new value found nothing.
+    table = users.__table__
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": 1, "email": "a@x.org"}])
+    renamed = (
+        table.update()
+        .where(table.c.id == sa.bindparam("row_id"))
+        .values(email=sa.bindparam("new_email"))
+    )
+    with engine.begin() as conn, pytest.raises(ConfigurationError, match="'new_email'"):
+        conn.execute(renamed, [{"row_id": 1, "new_email": "b@x.org"}])
+    with engine.begin() as conn:  # as the message says: the column's own name
+        conn.execute(
+            table.update().where(table.c.id == sa.bindparam("row_id")),
+            [{"row_id": 1, "email": "b@x.org"}],
+        )
+    with Session(engine) as session:
+        assert found(session, users, users.email == "b@x.org") == [1]
+
+
 def test_the_index_renders_as_an_importable_expression() -> None:
     assert repr(BlindIndex("email", bits=64)) == "BlindIndex('email', bits=64)"
     assert BlindIndex.__module__ == "sqla_envelope"

@@ -95,6 +95,13 @@ def _statement_values(statement: Any, table: Any, indexes: Sequence[Any]) -> Any
                     f"{table.name}.{source} is set from a SQL expression, so its blind "
                     f"index {index} cannot follow: set it from a Python value"
                 )
+            if value.required:  # .values(source=bindparam("x")): the value comes at execution
+                raise ConfigurationError(
+                    f"{table.name}.{source} is set from the parameter {value.key!r}, which "
+                    f"its blind index {index} cannot follow: pass the value under the "
+                    f"column's own name in the parameters, conn.execute(stmt, "
+                    f"[{{{source!r}: ...}}]), so each row's index is computed"
+                )
             plain[source] = value.value
     if not plain:
         return statement
