@@ -190,6 +190,8 @@ class TestBranchKeys:
         encryptor = Encryptor(tenants)
         with pytest.raises(ConfigurationError, match=r"no 'tenant_id'.*context_columns"):
             encryptor.encrypt(b"secret", {"table": "t"})
+        with pytest.raises(ConfigurationError, match="tenant_id is empty text"):
+            encryptor.encrypt(b"secret", {"table": "t", "tenant_id": ""})
         assert list(tenants.store.records()) == []
 
     def test_static_context_naming_a_tenant_works_without_row_binding(

@@ -139,7 +139,12 @@ class TenantKeyring:
 
     def _tenant(self, context: EncryptionContext) -> str:
         tenant = context.get(self.field)
-        if not tenant:
+        if tenant == "":
+            raise ConfigurationError(
+                f"TenantKeyring: the value's {self.field} is empty text, which names no "
+                "tenant: give each row a tenant"
+            )
+        if tenant is None:
             raise ConfigurationError(
                 f"TenantKeyring needs the value's tenant, and its encryption context has no "
                 f"{self.field!r} (it has {sorted(context)!r}): declare the column with "
