@@ -27,7 +27,8 @@ from sqlalchemy.sql import Insert, Update
 from .encryptor import Encryptor, get_default_encryptor
 from .errors import ConfigurationError, EnvelopeError, MalformedEnvelopeError
 from .rows.reads import bound_result_columns, wrap_rows
-from .rows.values import RowStored, bound_pairs
+from .rows.sync import checked_pairs
+from .rows.values import RowStored
 from .schema_binding import note_execution
 from .types import EncryptedType
 
@@ -82,9 +83,9 @@ def _before_execute(
             counts: dict[Any, int] = {}
             for row in multiparams:
                 if row.get(key) is not None:
-                    # A row without its tenant raises InvalidValueError here, and
-                    # the statement's own hook the clear error (rows/sync.py).
-                    pairs = bound_pairs(key, type_.context_columns, row.get)
+                    # Checked as the statement's own hook checks them (rows/sync.py),
+                    # whichever runs first: no key is made for a row it refuses.
+                    pairs = checked_pairs(clauseelement.table, key, row.get)
                     counts[pairs] = counts.get(pairs, 0) + 1
             for pairs, rows in counts.items():
                 encryptor.reserve(type_.row_context(pairs), rows)

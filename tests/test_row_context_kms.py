@@ -25,7 +25,7 @@ from kms_server import (  # noqa: F401 - pytest fixtures
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sqla_envelope
-from sqla_envelope import EncryptedType, Encryptor, KeyringError, KmsKeyring
+from sqla_envelope import ConfigurationError, EncryptedType, Encryptor, KeyringError, KmsKeyring
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 TENANTS = (7, 8, 9)
@@ -94,3 +94,17 @@ def test_a_tenant_kms_refuses_fails_its_read_and_stores_nothing(
             session.commit()
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM rowctx_kms_patients")).scalar() == 0
+
+
+def test_a_refused_multi_row_write_asks_kms_for_nothing(
+    engine: sa.Engine, patient: type[Any], keyring: KmsKeyring, recorder: Recorder
+) -> None:
+    # "07" in an INTEGER tenant column is stored as 7, so the write is refused: the
+    # keys its rows would have used must not be generated ahead either (CloudTrail
+    # would show GenerateDataKeys for a write that never happened).
+    sqla_envelope.configure(Encryptor(keyring))
+    recorder.clear()
+    rows = [{"id": i, "tenant_id": "07", "ssn": f"ssn-{i}"} for i in range(4)]
+    with engine.begin() as conn, pytest.raises(ConfigurationError, match="integer"):
+        conn.execute(patient.__table__.insert(), rows)
+    assert recorder.operations() == []

@@ -23,7 +23,7 @@ from sqlalchemy.sql.type_api import TypeDecorator
 
 from ..errors import ConfigurationError
 from ..write_hooks import embedded_values, listen_on_writes
-from .values import RowBound, bound_pairs, text_of
+from .values import RowBound, text_of
 
 __all__ = ["checked_pairs", "install", "row_bound_columns", "vouch"]
 
@@ -72,7 +72,7 @@ def _form_of(table: Any, name: str, label: str) -> Form:
     be stored and never decrypt again: refused before anything runs.
     """
     type_ = table.c[name].type
-    base = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
+    base = _base_type(type_)
     if isinstance(base, sa.types.NullType):
         return _same  # a column of no declared type (sa.table()): taken as given
     if isinstance(base, (sa.CHAR, sa.NCHAR)):
@@ -93,6 +93,11 @@ def _form_of(table: Any, name: str, label: str) -> Form:
         "columns a value is bound to must hold str, int or UUID values in a column that "
         "returns them as written (String, Integer, Uuid; not CHAR, Numeric or Float)"
     )
+
+
+def _base_type(type_: Any) -> Any:
+    """The type a TypeDecorator stores as, or ``type_`` itself."""
+    return type_.impl_instance if isinstance(type_, TypeDecorator) else type_
 
 
 def _same(value: Any) -> Any:
@@ -154,8 +159,10 @@ def checked_pairs(table: Any, key: str, value_of: Callable[[str], Any]) -> Any:
 def _pairs(bound: Bound, value_of: Callable[[str], Any]) -> Any:
     """The (name, text) pairs of a row's bound values, each checked against its column."""
     _, names, label, forms = bound
-    checked = dict(zip(names, forms, strict=True))
-    return bound_pairs(label, names, lambda name: checked[name](value_of(name)))
+    return tuple(
+        (name, text_of(label, name, form(value_of(name))))
+        for name, form in zip(names, forms, strict=True)
+    )
 
 
 def _missing(label: str, names: tuple[str, ...], absent: list[str]) -> ConfigurationError:
@@ -245,7 +252,7 @@ def _where_value(params: Mapping[str, Any], bind: BindParameter[Any] | None) -> 
 def _exact(column: Any, value: Any) -> bool:
     """Whether every database finds only ``value`` itself when comparing ``column`` to it."""
     type_ = column.type
-    base = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
+    base = _base_type(type_)
     if isinstance(value, uuid.UUID):
         return isinstance(base, sa.Uuid)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -344,18 +351,15 @@ def _bound_plain_params(params: Mapping[str, Any], columns: Sequence[Bound]) -> 
     since the scoped path's lookups cost the row-bound insert a tenth more.
     """
     replaced: dict[str, Any] = {}
-    for key, names, label, forms in columns:
+    for bound in columns:
+        key, names, label, _ = bound
         value = params.get(key)
         if value is None or type(value) is RowBound:
             continue
         absent = [name for name in names if name not in params]
         if absent:
             raise _missing(label, names, absent)
-        pairs = tuple(
-            (name, text_of(label, name, form(params[name])))
-            for name, form in zip(names, forms, strict=True)
-        )
-        replaced[key] = RowBound(value, pairs)
+        replaced[key] = RowBound(value, _pairs(bound, params.__getitem__))
     return {**params, **replaced} if replaced else params
 
 
@@ -365,8 +369,7 @@ def _embedded(statement: Any, table: Any, columns: Sequence[Bound]) -> Any:
     _check_insert(statement, table, columns, keys)
     for rows in getattr(statement, "_multi_values", None) or ():
         for row in rows:
-            targets = {k if isinstance(k, str) else getattr(k, "key", None) for k in row}
-            if targets & keys:
+            if {_key_of(target) for target in row} & keys:
                 raise ConfigurationError(
                     f"a multi-row VALUES clause sets a row-bound column of {table.name}: "
                     "pass the rows as parameters, conn.execute(table.insert(), rows), so "
