@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..types import EncryptedType
+from .sql_store import text_equals_exactly
 from .store import Exposure
 
 __all__ = ["bound_columns", "tenant_exposure"]
@@ -49,9 +50,7 @@ def _matches(column: sa.Column[Any], tenant: str, dialect: str) -> Any:
         return column == number if number is not None else sa.false()
     if python_type is not str:
         return sa.cast(column, sa.String) == tenant
-    if dialect in ("mysql", "mariadb"):
-        return sa.and_(column == tenant, sa.cast(column, sa.LargeBinary) == tenant.encode())
-    return column == tenant
+    return text_equals_exactly(column, tenant, dialect)
 
 
 def _integer(text: str) -> int | None:

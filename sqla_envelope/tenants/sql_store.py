@@ -28,6 +28,7 @@ __all__ = [
     "SqlBranchKeyStore",
     "branch_key_table",
     "create_branch_key_table",
+    "text_equals_exactly",
 ]
 
 TENANT_LENGTH = 255
@@ -130,10 +131,7 @@ class SqlBranchKeyStore:
         "acme " would find acme's keys (use them, destroy them). Their bytes compare
         exactly.
         """
-        column = self.table.c.tenant
-        if self.engine.dialect.name not in ("mysql", "mariadb"):
-            return column == tenant
-        return sa.and_(column == tenant, sa.cast(column, sa.LargeBinary) == tenant.encode())
+        return text_equals_exactly(self.table.c.tenant, tenant, self.engine.dialect.name)
 
     def _clash(self, conn: Connection, tenant: str) -> KeyringError | None:
         """The error for a tenant the table cannot hold beside another it takes for the same."""
@@ -249,3 +247,14 @@ class SqlBranchKeyStore:
         from .exposure import tenant_exposure
 
         return tenant_exposure(bind or self.engine, metadata, field, tenant)
+
+
+def text_equals_exactly(column: Any, text: str, dialect: str) -> Any:
+    """``column == text``, where MySQL and MariaDB would also find "acme " or "ACME".
+
+    They compare text ignoring trailing spaces (in utf8mb4_bin too) and, in most
+    collations, case: there the bytes are compared as well.
+    """
+    if dialect in ("mysql", "mariadb"):
+        return sa.and_(column == text, sa.cast(column, sa.LargeBinary) == text.encode())
+    return column == text
